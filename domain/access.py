@@ -1,0 +1,71 @@
+"""Who may do what: the verified caller, the module entitlement and the role → permission table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from domain.errors import ModuleNotLicensed, NotPermitted
+
+MODULE_ENTITLEMENT = "ehr.care_plans"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, as identity-service vouched for it in a verified JWT."""
+
+    tenant_id: str
+    subject: str
+    roles: frozenset[str] = frozenset()
+    entitlements: frozenset[str] = frozenset()
+    patient_id: str | None = None  # set on SMART patient tokens: such a caller may only read
+    token_id: str | None = None
+    issuer: str | None = None
+
+    @property
+    def is_patient(self) -> bool:
+        return self.patient_id is not None or "patient" in self.roles
+
+
+class Permission:
+    """Permission names; each command needs exactly one."""
+
+    CAREPLAN_WRITE = "careplan:write"
+    CAREPLAN_REVIEW = "careplan:review"
+    GOAL_WRITE = "goal:write"
+    ACTIVITY_WRITE = "activity:write"
+    CARETEAM_WRITE = "careteam:write"
+
+
+ALL_WRITES = frozenset(
+    {
+        Permission.CAREPLAN_WRITE,
+        Permission.CAREPLAN_REVIEW,
+        Permission.GOAL_WRITE,
+        Permission.ACTIVITY_WRITE,
+        Permission.CARETEAM_WRITE,
+    }
+)
+
+# The documented default (README.md, "Roles and permissions"); `patient` has no writes.
+DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
+    "clinician": ALL_WRITES,
+    "care-coordinator": frozenset({Permission.ACTIVITY_WRITE, Permission.CARETEAM_WRITE}),
+    "reviewer": frozenset({Permission.CAREPLAN_REVIEW}),
+    "patient": frozenset(),
+}
+
+
+def authorize_write(
+    principal: Principal,
+    permission: str,
+    role_permissions: Mapping[str, frozenset[str]] = DEFAULT_ROLE_PERMISSIONS,
+) -> None:
+    """Every write needs the module licence first, then a role granting the permission.
+    A patient token never writes, whatever roles it also claims."""
+    if MODULE_ENTITLEMENT not in principal.entitlements:
+        raise ModuleNotLicensed(MODULE_ENTITLEMENT)
+    if principal.is_patient:
+        raise NotPermitted(permission)
+    if not any(permission in role_permissions.get(role, frozenset()) for role in principal.roles):
+        raise NotPermitted(permission)

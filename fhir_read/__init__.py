@@ -1,0 +1,1 @@
+"""The FHIR R4 read surface (aiohttp): routes, OperationOutcome, conditional reads."""

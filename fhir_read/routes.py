@@ -1,0 +1,78 @@
+"""FHIR R4 read interactions (CONTRACT §6). Bodies are the stored JSON bytes of the version asked for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain.access import Principal
+from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.outcome import FHIR_JSON, operation_outcome
+from handlers.ports import TokenVerifier
+from storage.reads import StoredResource, read_care_plan
+
+ENGINE = web.AppKey("fhir_engine", AsyncEngine)
+VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
+
+
+def add_fhir_routes(app: web.Application, engine: AsyncEngine, verifier: TokenVerifier) -> None:
+    app[ENGINE] = engine
+    app[VERIFIER] = verifier
+    app.router.add_get("/fhir/CarePlan/{id}", read_care_plan_route)
+
+
+async def _principal(request: web.Request) -> Principal:
+    try:
+        return await authenticate(request, request.app[VERIFIER])
+    except Unauthenticated as exc:
+        raise _Outcome(operation_outcome(401, str(exc))) from exc
+
+
+async def read_care_plan_route(request: web.Request) -> web.StreamResponse:
+    try:
+        principal = await _principal(request)
+    except _Outcome as outcome:
+        return outcome.response
+    plan_id = request.match_info["id"]
+    found = await read_care_plan(
+        request.app[ENGINE], principal.tenant_id, plan_id, patient_id=principal.patient_id
+    )
+    if found is None:
+        # Another tenant's id, or a plan hidden from this patient, looks exactly like a missing one.
+        return operation_outcome(404, f"CarePlan/{plan_id} is not known")
+    return conditional_resource_response(request, found)
+
+
+def conditional_resource_response(request: web.Request, found: StoredResource) -> web.Response:
+    etag = f'W/"{found.version}"'
+    last_modified = found.last_updated.astimezone(UTC)
+    headers = {"ETag": etag, "Last-Modified": format_datetime(last_modified, usegmt=True)}
+    if _not_modified(request, found.version, last_modified):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=found.json_text.encode(), content_type=FHIR_JSON, headers=headers)
+
+
+def _not_modified(request: web.Request, version: int, last_modified: datetime) -> bool:
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        # Weak comparison (RFC 9110 §13.1.2): W/"3" and "3" match version 3.
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or f'"{version}"' in tags
+    if_modified_since = request.headers.get("If-Modified-Since")
+    if if_modified_since is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False  # an unreadable date is ignored, as RFC 9110 says
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return last_modified.replace(microsecond=0) <= since
+    return False
+
+
+class _Outcome(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response

@@ -1,0 +1,1 @@
+"""Use cases (one function per command) and the thin transport adapters that call them."""

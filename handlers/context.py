@@ -1,0 +1,35 @@
+"""What every use case gets besides its data: who asks, which command, when, and fresh ids."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from domain.access import Principal
+from handlers.ports import IdFactory
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    principal: Principal
+    command_id: uuid.UUID
+    command_type: str
+    correlation_id: str | None
+    expected_version: int | None
+    now: datetime
+    new_id: IdFactory
+
+    @property
+    def tenant_id(self) -> str:
+        return self.principal.tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What a successful command made: the resource the caller asked about, at its new version."""
+
+    status: int
+    resource_type: str
+    resource_id: str
+    version: int

@@ -1,0 +1,157 @@
+"""The thin FastStream subscriber for commands: explicit acks, nak with back-off on transient failures,
+dead-lettering at the last delivery. See DESIGN.md, "One command's way", for the traps this avoids:
+FastStream's default policy would `term` on any exception, and JetStream applies no back-off to naks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from faststream.middlewares import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.annotations import NatsMessage as NatsMessageParam
+from nats.js.api import AckPolicy as JsAckPolicy
+
+from domain.errors import Unavailable
+from handlers.errors import ErrorCode, Rejection
+from handlers.pipeline import CommandProcessor, IncomingCommand, error_reply
+from schemas.replies import Reply
+
+log = logging.getLogger(__name__)
+
+COMMAND_STREAM = "CAREPLAN_COMMANDS"
+COMMAND_SUBJECTS = "careplan.cmd.>"
+COMMAND_CONSUMER = "careplan-commands"
+DLQ_STREAM = "CAREPLAN_DLQ"
+DLQ_SUBJECT_PREFIX = "careplan.dlq."
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How hard we try. `ack_wait_s` must exceed the slowest handler (heartbeats extend it)."""
+
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    workers: int = 8
+
+    def nak_delay(self, delivered: int) -> float:
+        """Exponential back-off by delivery count: 1, 2, 4 … seconds, capped."""
+        return float(min(self.backoff_base_s * 2 ** max(delivered - 1, 0), self.backoff_max_s))
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=COMMAND_CONSUMER,
+            filter_subject=COMMAND_SUBJECTS,
+            ack_policy=JsAckPolicy.EXPLICIT,
+            max_deliver=self.max_deliver,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.workers * 4,
+        )
+
+
+def register_command_consumer(
+    broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy
+) -> None:
+    """One durable pull consumer over `careplan.cmd.>`, `policy.workers` messages in flight."""
+
+    @broker.subscriber(
+        COMMAND_SUBJECTS,
+        stream=JStream(COMMAND_STREAM, declare=False),
+        durable=COMMAND_CONSUMER,
+        config=policy.consumer_config(),
+        pull_sub=PullSub(batch_size=policy.workers, timeout=1.0),
+        max_workers=policy.workers,
+        ack_policy=AckPolicy.MANUAL,
+        no_reply=True,
+        title="careplan.cmd.{command}",
+        description="Care-plan commands (CONTRACT §2-4). Replies go to the `reply_to` header's subject.",
+    )
+    async def on_command(msg: NatsMessageParam) -> None:
+        await handle_delivery(broker, processor, policy, msg)
+
+
+async def handle_delivery(
+    broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy, msg: NatsMessage
+) -> None:
+    raw = msg.raw_message
+    incoming = IncomingCommand(subject=raw.subject, body=raw.data or b"", headers=dict(raw.headers or {}))
+    delivered = raw.metadata.num_delivered or 1
+    try:
+        async with _heartbeat(msg, policy):
+            reply = await processor.process(incoming)
+    except Exception as exc:
+        if delivered < policy.max_deliver:
+            log.warning(
+                "command failed, will retry",
+                extra={"subject": raw.subject, "delivered": delivered, "error": str(exc)},
+            )
+            await msg.nack(delay=policy.nak_delay(delivered))
+            return
+        await _dead_letter(broker, incoming, delivered, exc)
+        code = ErrorCode.UPSTREAM_UNAVAILABLE if _is_upstream(exc) else ErrorCode.INTERNAL
+        reply = error_reply(
+            incoming.message_id, Rejection(code, "the command could not be processed; retry later")
+        )
+    await send_reply(broker, incoming, reply)
+    # Ack only once the outcome is committed and the reply is out; a crash before here redelivers,
+    # and the command log answers the redelivery.
+    await raw.ack_sync()
+
+
+async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply) -> None:
+    reply_to = incoming.headers.get("reply_to")
+    if not reply_to:
+        return
+    headers = {"content-type": "application/json"}
+    if incoming.correlation_id:
+        headers["correlation_id"] = incoming.correlation_id
+    await broker.publish(orjson.dumps(reply.to_wire()), subject=reply_to, headers=headers)
+
+
+async def _dead_letter(
+    broker: NatsBroker, incoming: IncomingCommand, delivered: int, exc: BaseException
+) -> None:
+    log.error("command dead-lettered", extra={"subject": incoming.subject, "delivered": delivered})
+    headers = {k: v for k, v in incoming.headers.items() if k != "Nats-Msg-Id"}
+    headers |= {
+        "Careplan-Original-Subject": incoming.subject,
+        "Careplan-Deliveries": str(delivered),
+        "Careplan-Error": f"{type(exc).__name__}: {exc}"[:1000],
+    }
+    if incoming.message_id:
+        headers["Nats-Msg-Id"] = f"{incoming.message_id}:dlq"
+    await broker.publish(
+        incoming.body,
+        subject=DLQ_SUBJECT_PREFIX + incoming.command_name,
+        stream=DLQ_STREAM,
+        headers=headers,
+    )
+
+
+def _is_upstream(exc: BaseException) -> bool:
+    return isinstance(exc, Unavailable) and exc.what != "database"
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(msg: NatsMessage, policy: DeliveryPolicy) -> AsyncIterator[None]:
+    """Tell JetStream we are still at it, so a slow command is not redelivered to another worker."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(policy.ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

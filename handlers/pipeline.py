@@ -1,0 +1,203 @@
+"""One command's way through the service, transport-free: decode → authenticate → authorize →
+validate → execute once (command log) → outcome. The NATS subscriber and tests drive it the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from domain.access import DEFAULT_ROLE_PERMISSIONS, Principal, authorize_write
+from domain.errors import DomainError
+from handlers.context import CommandContext
+from handlers.errors import ErrorCode, Rejection, rejection_for
+from handlers.ports import AuthenticationFailed, Clock, IdFactory, TokenVerifier, UnitOfWorkFactory
+from handlers.registry import COMMANDS, CommandSpec
+from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, CommandEnvelope
+from schemas.fhir_validation import InvalidFhirResource
+from schemas.replies import ErrorBody, Reply, ResultBody
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCommand:
+    subject: str
+    body: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def command_name(self) -> str:
+        return self.subject.removeprefix(COMMAND_SUBJECT_PREFIX)
+
+    @property
+    def message_id(self) -> str | None:
+        return self.headers.get("Nats-Msg-Id")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+
+class CommandProcessor:
+    """Turns an incoming command into its final reply. Raises `domain.errors.Unavailable` when a
+    dependency is down (the caller retries); every other outcome is a Reply."""
+
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        unit_of_work: UnitOfWorkFactory,
+        clock: Clock,
+        new_id: IdFactory,
+        role_permissions: Mapping[str, frozenset[str]] = DEFAULT_ROLE_PERMISSIONS,
+    ) -> None:
+        self._verifier = verifier
+        self._unit_of_work = unit_of_work
+        self._clock = clock
+        self._new_id = new_id
+        self._role_permissions = role_permissions
+
+    async def process(self, incoming: IncomingCommand) -> Reply:
+        command_id: str | None = incoming.message_id
+        try:
+            if len(incoming.body) > MAX_BODY_BYTES:
+                raise Rejection(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"body is {len(incoming.body)} bytes; the limit is {MAX_BODY_BYTES}",
+                    {"limit_bytes": MAX_BODY_BYTES},
+                )
+            principal = await self._authenticate(incoming.headers)
+            spec = COMMANDS.get(incoming.command_name)
+            if spec is None:
+                raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {incoming.command_name!r}")
+            envelope, canonical = _parse_envelope(incoming.body)
+            command_id = str(envelope.command_id)
+            try:
+                authorize_write(principal, spec.permission, self._role_permissions)
+            except DomainError as exc:
+                raise rejection_for(exc) from exc
+            data = _validate(spec.data_model, envelope.data, prefix=("data",))
+            request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
+            return await self._execute_once(spec, principal, envelope, data, request_hash, incoming)
+        except Rejection as rejection:
+            return error_reply(command_id, rejection)
+        except InvalidFhirResource:
+            log.exception("rendered FHIR failed validation", extra={"command_id": command_id})
+            return error_reply(command_id, Rejection(ErrorCode.INTERNAL, "internal error"))
+
+    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
+        authorization = headers.get("Authorization") or headers.get("authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Rejection(ErrorCode.UNAUTHENTICATED, "an `Authorization: Bearer <JWT>` header is required")
+        try:
+            return await self._verifier.verify(token.strip())
+        except AuthenticationFailed as exc:
+            raise Rejection(ErrorCode.UNAUTHENTICATED, str(exc)) from exc
+
+    async def _execute_once(
+        self,
+        spec: CommandSpec,
+        principal: Principal,
+        envelope: CommandEnvelope,
+        data: BaseModel,
+        request_hash: str,
+        incoming: IncomingCommand,
+    ) -> Reply:
+        ctx = CommandContext(
+            principal=principal,
+            command_id=envelope.command_id,
+            command_type=spec.name,
+            correlation_id=incoming.correlation_id,
+            expected_version=envelope.expected_version,
+            now=self._clock(),
+            new_id=self._new_id,
+        )
+        async with self._unit_of_work(principal.tenant_id) as uow:
+            await uow.lock_command(envelope.command_id)
+            stored = await uow.find_outcome(envelope.command_id)
+            if stored is not None:
+                if stored.request_hash != request_hash:
+                    raise Rejection(
+                        ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                        "this command_id was already used with another command or body",
+                        {"command_type": stored.command_type},
+                    )
+                return Reply.model_validate(stored.outcome)
+            try:
+                async with uow.savepoint():
+                    result = await spec.execute(data, ctx, uow)
+                reply = Reply(
+                    command_id=str(envelope.command_id),
+                    ok=True,
+                    status=result.status,
+                    result=ResultBody(
+                        resource_type=result.resource_type, id=result.resource_id, version=result.version
+                    ),
+                )
+            except DomainError as exc:
+                # Business rejections are final: remember them, so a redelivery gets the same answer.
+                reply = error_reply(str(envelope.command_id), rejection_for(exc))
+            await uow.record_outcome(
+                envelope.command_id,
+                command_type=spec.name,
+                request_hash=request_hash,
+                status=reply.status,
+                outcome=reply.model_dump(mode="json", exclude_none=True),
+                correlation_id=incoming.correlation_id,
+            )
+            await uow.commit()
+            return reply
+
+
+def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
+    """The envelope and its canonical bytes (sorted keys), which the idempotency check compares."""
+    try:
+        raw: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Rejection(
+            ErrorCode.VALIDATION_ERROR,
+            "body is not valid JSON",
+            {"errors": [{"path": "", "message": str(exc)}]},
+        ) from exc
+    if not isinstance(raw, dict):
+        raise Rejection(
+            ErrorCode.VALIDATION_ERROR,
+            "body must be a JSON object",
+            {"errors": [{"path": "", "message": "expected an object"}]},
+        )
+    envelope = _validate(CommandEnvelope, raw, prefix=())
+    return envelope, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+
+
+def _validate(model: type[M], value: Any, *, prefix: tuple[str, ...]) -> M:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors = [
+            {
+                "path": ".".join(str(p) for p in (*prefix, *err["loc"])),
+                "message": err["msg"],
+                "type": err["type"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise Rejection(
+            ErrorCode.VALIDATION_ERROR, f"{len(errors)} validation error(s)", {"errors": errors}
+        ) from exc
+
+
+def error_reply(command_id: str | None, rejection: Rejection) -> Reply:
+    return Reply(
+        command_id=command_id,
+        ok=False,
+        status=rejection.status,
+        error=ErrorBody(code=rejection.code.value, message=rejection.message, details=rejection.details),
+    )

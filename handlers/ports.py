@@ -1,0 +1,88 @@
+"""What the use cases need from the outside world, as protocols and plain records.
+storage and integrations implement them; nothing here does I/O."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, Self
+
+from domain.access import Principal
+
+
+class AuthenticationFailed(Exception):
+    """The token is missing, malformed, expired, or not signed by identity-service for us."""
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, token: str) -> Principal: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutcome:
+    """A command's recorded outcome in the command log."""
+
+    command_type: str
+    request_hash: str
+    status: int
+    outcome: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message the relay will publish after commit; `event_id` becomes its Nats-Msg-Id."""
+
+    event_id: uuid.UUID
+    subject: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceVersion:
+    """One new version of a FHIR resource, rendered and validated, ready to store."""
+
+    resource_type: str
+    resource_id: str
+    version: int
+    last_updated: datetime
+    resource: dict[str, Any]
+
+
+class UnitOfWork(Protocol):
+    """One tenant-bound transaction; `storage.unit_of_work.SqlUnitOfWork` is the real one."""
+
+    tenant_id: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: Any) -> None: ...
+    async def commit(self) -> None: ...
+    def savepoint(self) -> AbstractAsyncContextManager[object]: ...
+
+    async def lock_command(self, command_id: uuid.UUID) -> None: ...
+    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None: ...
+    async def record_outcome(
+        self,
+        command_id: uuid.UUID,
+        *,
+        command_type: str,
+        request_hash: str,
+        status: int,
+        outcome: dict[str, Any],
+        correlation_id: str | None,
+    ) -> None: ...
+
+    async def care_plan_version(self, plan_id: str) -> int | None: ...
+    async def insert_care_plan(self, version: ResourceVersion, *, patient_id: str, status: str) -> None: ...
+    async def append_history(self, version: ResourceVersion, *, command_id: uuid.UUID) -> None: ...
+    async def add_provenance(
+        self, provenance: dict[str, Any], *, recorded: datetime, patient_id: str | None, targets: list[str]
+    ) -> None: ...
+    async def add_to_outbox(self, messages: list[OutboxMessage]) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[str], UnitOfWork]  # tenant_id -> a fresh unit of work
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], uuid.UUID]

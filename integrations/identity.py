@@ -1,0 +1,146 @@
+"""identity-service: JWKS (file or HTTP, cached) and JWT verification into a Principal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import aiohttp
+import jwt
+from jwt import PyJWK
+
+from domain.access import Principal
+from handlers.ports import AuthenticationFailed
+
+ALGORITHMS = ("RS256", "ES256")
+TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class JwksSource:
+    """The signing keys, refreshed after `ttl_s` and at most every `min_refresh_s` on an unknown `kid`
+    (identity-service rotates keys; a forged kid must not make us hammer it)."""
+
+    def __init__(self, url: str, *, ttl_s: float = 300.0, min_refresh_s: float = 10.0) -> None:
+        self._url = url
+        self._ttl_s = ttl_s
+        self._min_refresh_s = min_refresh_s
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key_for(self, kid: str | None) -> PyJWK:
+        now = time.monotonic()
+        if now - self._fetched_at > self._ttl_s:
+            await self._refresh()
+        key = self._pick(kid)
+        if key is None and time.monotonic() - self._fetched_at > self._min_refresh_s:
+            await self._refresh()
+            key = self._pick(kid)
+        if key is None:
+            raise AuthenticationFailed("token signed with an unknown key")
+        return key
+
+    def _pick(self, kid: str | None) -> PyJWK | None:
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            document = await self._load()
+            keys: dict[str, PyJWK] = {}
+            for index, entry in enumerate(document.get("keys", [])):
+                try:
+                    key = PyJWK.from_dict(entry)
+                except jwt.PyJWTError:
+                    continue  # a key type we do not use; the others still count
+                keys[str(entry.get("kid", index))] = key
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+
+    async def _load(self) -> Mapping[str, Any]:
+        parsed = urlparse(self._url)
+        if parsed.scheme == "file":
+            text = await asyncio.to_thread(Path(unquote(parsed.path)).read_text)
+            loaded: Mapping[str, Any] = json.loads(text)
+            return loaded
+        if parsed.scheme in ("http", "https"):
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(self._url) as response:
+                response.raise_for_status()
+                fetched: Mapping[str, Any] = await response.json(content_type=None)
+                return fetched
+        raise ValueError(f"unsupported JWKS URL scheme: {parsed.scheme!r}")
+
+
+class JwtVerifier:
+    """Checks signature (RS256/ES256 only), `exp`, and `iss`/`aud` when configured; maps claims:
+    `tenant_id`, `sub`, `roles`, `entitlements`, `patient_id`, `jti`."""
+
+    def __init__(
+        self, keys: JwksSource, *, issuer: str | None, audience: str | None, leeway_s: int = 30
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed(f"malformed token: {exc}") from exc
+        if header.get("alg") not in ALGORITHMS:
+            raise AuthenticationFailed(f"token algorithm must be one of {', '.join(ALGORITHMS)}")
+        try:
+            key = await self._keys.key_for(header.get("kid"))
+        except AuthenticationFailed:
+            raise
+        except Exception as exc:  # the JWKS could not be read: say so, do not guess
+            raise AuthenticationFailed(f"signing keys unavailable: {exc}") from exc
+        required = ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(ALGORITHMS),
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway_s,
+                options={"require": required, "verify_aud": self._audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed(f"invalid token: {exc}") from exc
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    tenant_id = claims.get("tenant_id")
+    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
+        raise AuthenticationFailed("token has no valid `tenant_id` claim ([A-Za-z0-9_-]{1,64})")
+    patient_id = claims.get("patient_id")
+    return Principal(
+        tenant_id=tenant_id,
+        subject=str(claims["sub"]),
+        roles=_string_set(claims.get("roles"), "roles"),
+        entitlements=_string_set(claims.get("entitlements"), "entitlements"),
+        patient_id=str(patient_id) if patient_id is not None else None,
+        token_id=str(claims["jti"]) if claims.get("jti") is not None else None,
+        issuer=str(claims["iss"]) if claims.get("iss") is not None else None,
+    )
+
+
+def _string_set(value: Any, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise AuthenticationFailed(f"claim `{name}` must be a list of strings")

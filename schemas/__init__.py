@@ -1,0 +1,1 @@
+"""The wire: pydantic models of command envelopes, command data, replies and events."""

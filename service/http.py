@@ -1,0 +1,103 @@
+"""The HTTP app: FHIR reads, command outcomes and health probes, on one aiohttp listener."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain.errors import Unavailable
+from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.outcome import operation_outcome
+from fhir_read.routes import add_fhir_routes
+from handlers.ports import TokenVerifier
+from storage.reads import read_command_outcome
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+_ENGINE = web.AppKey("ops_engine", AsyncEngine)
+_VERIFIER = web.AppKey("ops_verifier", TokenVerifier)
+_READINESS: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
+
+
+def create_http_app(
+    engine: AsyncEngine, verifier: TokenVerifier, readiness: ReadinessCheck
+) -> web.Application:
+    app = web.Application(middlewares=[_errors_as_documents], client_max_size=1024 * 1024)
+    app[_ENGINE] = engine
+    app[_VERIFIER] = verifier
+    app[_READINESS] = readiness
+    add_fhir_routes(app, engine, verifier)
+    app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def problem(status: int, title: str, *, code: str, detail: str | None = None) -> web.Response:
+    """RFC 9457 problem details with our `code` extension member (CONTRACT §9)."""
+    body = {"type": "about:blank", "title": title, "status": status, "code": code}
+    if detail:
+        body["detail"] = detail
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/problem+json")
+
+
+async def command_outcome_route(request: web.Request) -> web.Response:
+    try:
+        principal = await authenticate(request, request.app[_VERIFIER])
+    except Unauthenticated as exc:
+        return problem(401, "Unauthenticated", code="UNAUTHENTICATED", detail=str(exc))
+    try:
+        command_id = uuid.UUID(request.match_info["command_id"])
+    except ValueError:
+        return problem(404, "Not found", code="NOT_FOUND", detail="no such command")
+    outcome = await read_command_outcome(request.app[_ENGINE], principal.tenant_id, command_id)
+    if outcome is None:
+        return problem(404, "Not found", code="NOT_FOUND", detail="no such command")
+    return web.Response(body=orjson.dumps(outcome), content_type="application/json")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[_READINESS]()
+    ready = all(checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+    )
+
+
+@web.middleware
+async def _errors_as_documents(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is a document: OperationOutcome under /fhir, problem+json elsewhere; never a trace."""
+    fhir = request.path.startswith("/fhir")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.reason or "error"
+        return (
+            operation_outcome(exc.status, reason)
+            if fhir
+            else problem(exc.status, reason, code=reason.upper().replace(" ", "_"))
+        )
+    except Unavailable:
+        log.warning("dependency unavailable during %s", request.path)
+        if fhir:
+            return operation_outcome(503, "temporarily unavailable; retry later")
+        return problem(503, "Service Unavailable", code="UNAVAILABLE")
+    except Exception:
+        log.exception("unhandled error on %s", request.path)
+        if fhir:
+            return operation_outcome(500, "internal error")
+        return problem(500, "Internal Server Error", code="INTERNAL")

@@ -1,0 +1,178 @@
+"""`careplan serve`: the command worker, the outbox relay and the HTTP app in one process.
+
+Built by `start_service` so tests can run the real thing against throwaway servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats
+from aiohttp import web
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.errors import MaxPayloadError
+from nats.js.errors import NoStreamResponseError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from handlers.nats_consumer import DeliveryPolicy, register_command_consumer
+from handlers.pipeline import CommandProcessor
+from integrations.identity import JwksSource, JwtVerifier
+from service.http import create_http_app
+from service.settings import Settings
+from service.topology import ensure_topology
+from storage.database import create_engine
+from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
+from storage.reads import ping, runtime_role_problem
+from storage.unit_of_work import SqlUnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class StartupRefused(RuntimeError):
+    """The service must not start as configured; the message says why, in one line."""
+
+
+@dataclass
+class RunningService:
+    settings: Settings
+    broker: NatsBroker
+    nc: NatsClient
+    runtime_engine: AsyncEngine
+    system_engine: AsyncEngine
+    relay: OutboxRelay
+    http_runner: web.AppRunner
+    http_port: int
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.http_port}"
+
+    async def stop(self) -> None:
+        """Drain: stop taking commands (in-flight ones finish), let the relay finish its batch, close."""
+        self.stop_event.set()
+        await self.broker.stop()
+        if self.relay_task is not None:
+            await self.relay_task
+        await self.http_runner.cleanup()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        await self.runtime_engine.dispose()
+        await self.system_engine.dispose()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def start_service(settings: Settings) -> RunningService:
+    missing = settings.missing_for_serve()
+    if missing:
+        raise StartupRefused(f"missing configuration: {', '.join(missing)}")
+    assert settings.database_url and settings.system_database_url and settings.jwks_url
+    runtime_engine = create_engine(settings.database_url, pool_size=settings.workers + 4)
+    system_engine = create_engine(
+        settings.system_database_url, pool_size=4, application_name="careplan-relay"
+    )
+    try:
+        problem = await runtime_role_problem(runtime_engine)
+        if problem:
+            raise StartupRefused(f"refusing to start: {problem}")
+    except BaseException:
+        await runtime_engine.dispose()
+        await system_engine.dispose()
+        raise
+
+    policy = DeliveryPolicy(
+        max_deliver=settings.max_deliver,
+        ack_wait_s=settings.ack_wait_s,
+        backoff_max_s=settings.nak_backoff_max_s,
+        workers=settings.workers,
+    )
+    verifier = JwtVerifier(
+        JwksSource(settings.jwks_url), issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
+    )
+    processor = CommandProcessor(
+        verifier=verifier,
+        unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
+        clock=utc_now,
+        new_id=uuid.uuid4,
+    )
+
+    nc = await nats.connect(servers=settings.nats_servers(), name="careplan-relay", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_topology(js, policy)
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        try:
+            await js.publish(subject, payload, headers=headers, timeout=5.0)
+        except (MaxPayloadError, NoStreamResponseError) as exc:
+            raise PermanentPublishError(str(exc)) from exc
+
+    relay = OutboxRelay(system_engine, publish, RelaySettings(poll_interval_s=settings.relay_poll_interval_s))
+
+    broker = NatsBroker(
+        settings.nats_servers(), graceful_timeout=settings.ack_wait_s, max_reconnect_attempts=-1, logger=log
+    )
+    register_command_consumer(broker, processor, policy)
+
+    async def readiness() -> dict[str, bool]:
+        checks = {"database": True, "nats": broker_connected(broker) and nc.is_connected, "relay": True}
+        try:
+            await ping(runtime_engine)
+        except Exception:
+            checks["database"] = False
+        return checks
+
+    app = create_http_app(runtime_engine, verifier, readiness)
+    http_runner = web.AppRunner(app, access_log=None)
+    await http_runner.setup()
+    site = web.TCPSite(http_runner, settings.http_host, settings.http_port)
+    await site.start()
+    port = _bound_port(site, settings.http_port)
+
+    await broker.start()
+    service = RunningService(settings, broker, nc, runtime_engine, system_engine, relay, http_runner, port)
+    service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
+    log.info("care-plan-service started", extra={"http": service.http_url})
+    return service
+
+
+def broker_connected(broker: NatsBroker) -> bool:
+    try:
+        return bool(broker.connection.is_connected)
+    except Exception:  # not connected yet: FastStream raises on a missing connection
+        return False
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    return configured
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    service = await start_service(settings)
+    print(f"care-plan-service ready: HTTP {service.http_url}, NATS {settings.nats_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        print("care-plan-service stopping: draining in-flight commands", flush=True)
+        await service.stop()

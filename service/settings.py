@@ -1,0 +1,57 @@
+"""All configuration, once: environment variables `CAREPLAN_*` (CONTRACT §1), each also a CLI flag."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAREPLAN_", extra="ignore")
+
+    nats_url: str | None = Field(default=None, description="NATS server URL(s), comma separated")
+    database_url: str | None = Field(default=None, description="Postgres URL of the RLS-bound runtime role")
+    system_database_url: str | None = Field(
+        default=None, description="Postgres URL of the relay/scheduler role (BYPASSRLS)"
+    )
+    admin_database_url: str | None = Field(default=None, description="owner/superuser URL, for migrate only")
+    http_host: str = Field(default="127.0.0.1", description="HTTP listen address")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port (0: any free port)")
+    jwks_url: str | None = Field(
+        default=None, description="identity-service JWKS: https://, http:// or file://"
+    )
+    jwt_issuer: str | None = Field(default=None, description="expected `iss` (checked when set)")
+    jwt_audience: str | None = Field(default="care-plan-service", description="expected `aud`")
+    upstream_mode: Literal["nats", "off"] | None = Field(
+        default=None, description="ask upstream services (nats) or accept ids as given (off)"
+    )
+    public_base_url: str | None = Field(default=None, description="external FHIR base for fullUrl and links")
+    scheduler_interval_s: float = Field(default=60, gt=0, description="seconds between overdue sweeps")
+    metrics_interval_s: float = Field(default=3600, gt=0, description="seconds between achievement summaries")
+    upstream_timeout_ms: int = Field(default=2000, gt=0, description="timeout per upstream request")
+    # Operational knobs beyond the contract's list.
+    workers: int = Field(default=8, ge=1, le=256, description="commands processed concurrently")
+    max_deliver: int = Field(
+        default=5, ge=1, description="deliveries of a command before it is dead-lettered"
+    )
+    ack_wait_s: float = Field(default=30, gt=0, description="JetStream ack wait for commands")
+    nak_backoff_max_s: float = Field(default=30, gt=0, description="longest back-off between command retries")
+    relay_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="outbox polling when no NOTIFY arrives"
+    )
+    log_level: str = Field(default="INFO", description="log level")
+    dev_dir: str = Field(default=".careplan-dev", description="where `careplan dev` keeps its data")
+
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]
+
+    def missing_for_serve(self) -> list[str]:
+        required = {
+            "CAREPLAN_NATS_URL": self.nats_url,
+            "CAREPLAN_DATABASE_URL": self.database_url,
+            "CAREPLAN_SYSTEM_DATABASE_URL": self.system_database_url,
+            "CAREPLAN_JWKS_URL": self.jwks_url,
+        }
+        return [name for name, value in required.items() if not value]

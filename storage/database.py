@@ -1,0 +1,85 @@
+"""Engines and URLs: one place that turns the operator's Postgres URLs into SQLAlchemy engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def to_sqlalchemy_url(url: str) -> URL:
+    """Accept plain libpq URLs (`postgresql://…`, `postgres://…`) and pin the asyncpg driver."""
+    parsed = make_url(
+        url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
+    )
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+@dataclass(frozen=True, slots=True)
+class RoleLogin:
+    """The role name and password a URL logs in with."""
+
+    name: str
+    password: str | None
+
+
+def role_of(url: str) -> RoleLogin:
+    parsed = to_sqlalchemy_url(url)
+    if not parsed.username:
+        raise ValueError(f"URL names no role: {parsed.render_as_string(hide_password=True)}")
+    return RoleLogin(parsed.username, parsed.password)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, application_name: str = "care-plan-service"
+) -> AsyncEngine:
+    return create_async_engine(
+        to_sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        connect_args={"server_settings": {"application_name": application_name}},
+    )
+
+
+async def ensure_database(server_admin_url: str, name: str) -> bool:
+    """Create database `name` when missing (CREATE DATABASE cannot run in a transaction). True if created."""
+    engine = create_async_engine(to_sqlalchemy_url(server_admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if exists:
+                return False
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            return True
+    finally:
+        await engine.dispose()
+
+
+async def drop_database(server_admin_url: str, name: str) -> None:
+    engine = create_async_engine(to_sqlalchemy_url(server_admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
+def with_database(url: str, database: str, *, user: str | None = None, password: str | None = None) -> str:
+    """The same server, another database (and optionally another role)."""
+    parsed = make_url(url).set(database=database)
+    if user is not None:
+        parsed = parsed.set(username=user, password=password)
+    return parsed.render_as_string(hide_password=False)

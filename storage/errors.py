@@ -1,0 +1,39 @@
+"""Which database failures are worth retrying."""
+
+from __future__ import annotations
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later retry can get past: the server is away, busy or chose a victim."""
+    if isinstance(exc, (PoolTimeout, ConnectionError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+            return True
+        return is_transient(exc.orig) if exc.orig is not None else False
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_transient(cause)

@@ -1,0 +1,192 @@
+"""The outbox relay: publishes committed outbox rows to JetStream, in id order, at least once.
+
+One active relay per database (a session advisory lock; other replicas wait as standbys), woken by
+LISTEN/NOTIFY with polling as the fallback. It reads *unpublished rows*, never a high-water mark: ids are
+taken at insert, not at commit, so a late commit can land below a mark (DESIGN.md, the gap trap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "careplan_outbox"
+RELAY_LOCK_KEY = 0x6F75_7462_6F78  # "outbox"
+
+Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
+
+
+class PermanentPublishError(Exception):
+    """This row can never be published as it is (too large, no stream takes its subject)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    batch_size: int = 100
+    poll_interval_s: float = 1.0
+    max_attempts: int = 10
+    retry_max_s: float = 30.0
+    retention: timedelta = timedelta(days=7)
+    cleanup_every_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    published: int
+    failed: bool
+
+
+class OutboxRelay:
+    def __init__(self, engine: AsyncEngine, publish: Publish, settings: RelaySettings | None = None) -> None:
+        self._engine = engine
+        self._publish = publish
+        self._settings = settings or RelaySettings()
+        self._wake = asyncio.Event()
+        self._last_cleanup = float("-inf")
+        self.is_leader = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: lead when the lock is free, otherwise stand by. Never raises."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                async with self._leadership() as leader_conn:
+                    if leader_conn is None:
+                        await _wait(stop, self._settings.poll_interval_s * 5)
+                        continue
+                    failures = 0
+                    await self._lead(leader_conn, stop)
+            except Exception:
+                failures += 1
+                log.exception("outbox relay failed; retrying")
+                await _wait(stop, min(self._settings.retry_max_s, 0.5 * 2**failures))
+        self.is_leader = False
+
+    async def _lead(self, leader_conn: AsyncConnection, stop: asyncio.Event) -> None:
+        retries = 0
+        while not stop.is_set():
+            # Cheap check that the lock's connection is alive; if it died, so did our leadership.
+            await leader_conn.execute(text("SELECT 1"))
+            self._wake.clear()
+            result = await self.publish_batch()
+            if result.failed:
+                retries += 1
+                await _wait(stop, min(self._settings.retry_max_s, 0.2 * 2**retries))
+                continue
+            retries = 0
+            if result.published == self._settings.batch_size:
+                continue  # more waiting; do not sleep
+            await self._cleanup_if_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_wake_or_stop(stop), self._settings.poll_interval_s)
+
+    async def publish_batch(self) -> BatchResult:
+        """Publish the oldest unpublished rows, mark them in the same transaction that locked them."""
+        published: list[int] = []
+        failure: tuple[int, Exception] | None = None
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT id, event_id, subject, payload FROM outbox "
+                        "WHERE published_at IS NULL AND parked_at IS NULL "
+                        "ORDER BY id LIMIT :n FOR UPDATE"
+                    ),
+                    {"n": self._settings.batch_size},
+                )
+            ).all()
+            for row_id, event_id, subject, payload in rows:
+                try:
+                    await self._publish(subject, bytes(payload), {"Nats-Msg-Id": str(event_id)})
+                except Exception as exc:
+                    failure = (row_id, exc)
+                    break
+                published.append(row_id)
+            if published:
+                await conn.execute(
+                    text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"), {"ids": published}
+                )
+            if failure is not None:
+                await self._record_failure(conn, *failure)
+        return BatchResult(len(published), failure is not None)
+
+    async def _record_failure(self, conn: AsyncConnection, row_id: int, exc: Exception) -> None:
+        if not isinstance(exc, PermanentPublishError):
+            # The broker is away: nothing is wrong with the row, so it is not charged an attempt.
+            log.warning("outbox publish failed; will retry", extra={"outbox_id": row_id, "error": str(exc)})
+            return
+        parked = await conn.scalar(
+            text(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = :error, "
+                "parked_at = CASE WHEN attempts + 1 >= :max THEN now() END "
+                "WHERE id = :id RETURNING parked_at IS NOT NULL"
+            ),
+            {"id": row_id, "error": str(exc)[:2000], "max": self._settings.max_attempts},
+        )
+        if parked:
+            log.error("outbox row parked", extra={"outbox_id": row_id, "error": str(exc)})
+
+    async def _cleanup_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cleanup < self._settings.cleanup_every_s:
+            return
+        self._last_cleanup = now
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM outbox WHERE published_at < now() - :keep"),
+                {"keep": self._settings.retention},
+            )
+
+    async def _wait_wake_or_stop(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> AsyncIterator[AsyncConnection | None]:
+        """A dedicated connection holding the relay lock and listening for commits, or None."""
+        conn = await self._engine.connect()
+        try:
+            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK_KEY})
+            await conn.commit()
+            if not got:
+                yield None
+                return
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self.is_leader = True
+            try:
+                yield conn
+            finally:
+                self.is_leader = False
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        finally:
+            # Closing for good (not back to the pool) releases the session lock even if unlock fails.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

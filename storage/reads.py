@@ -1,0 +1,93 @@
+"""Read queries for the HTTP surface: stored FHIR JSON as text, straight from the row (no re-rendering),
+always inside a tenant-bound transaction so RLS applies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from domain.errors import Unavailable
+from storage.errors import is_transient
+
+# Patients never see plans that are not (yet, or ever) real (CONTRACT §6).
+HIDDEN_FROM_PATIENTS = ("draft", "entered-in-error")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    version: int
+    last_updated: datetime
+    json_text: str
+
+
+@asynccontextmanager
+async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[AsyncConnection]:
+    try:
+        async with engine.connect() as conn, conn.begin():
+            await conn.execute(select(func.set_config("app.tenant_id", tenant_id, True)))
+            yield conn
+    except Exception as exc:
+        if is_transient(exc):
+            raise Unavailable("database", str(exc)) from exc
+        raise
+
+
+async def read_care_plan(
+    engine: AsyncEngine, tenant_id: str, plan_id: str, *, patient_id: str | None = None
+) -> StoredResource | None:
+    """The current version; for a patient caller, only their own plans that are not draft or void."""
+    sql = "SELECT version, last_updated, resource::text FROM care_plans WHERE id = :id"
+    params: dict[str, Any] = {"id": plan_id}
+    if patient_id is not None:
+        sql += " AND patient_id = :patient AND status <> ALL(:hidden)"
+        params |= {"patient": patient_id, "hidden": list(HIDDEN_FROM_PATIENTS)}
+    async with tenant_transaction(engine, tenant_id) as conn:
+        row = (await conn.execute(text(sql), params)).one_or_none()
+    return None if row is None else StoredResource(row[0], row[1], row[2])
+
+
+async def read_command_outcome(
+    engine: AsyncEngine, tenant_id: str, command_id: uuid.UUID
+) -> dict[str, Any] | None:
+    async with tenant_transaction(engine, tenant_id) as conn:
+        outcome: dict[str, Any] | None = await conn.scalar(
+            text("SELECT outcome FROM command_log WHERE command_id = :id").columns(outcome=JSONB),
+            {"id": command_id},
+        )
+    return outcome
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def runtime_role_problem(engine: AsyncEngine) -> str | None:
+    """Why the runtime role must not serve (RLS would silently not apply), or None when it is safe."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT r.rolname, r.rolsuper, r.rolbypassrls, "
+                    "(SELECT count(*) FROM pg_tables t "
+                    " WHERE t.schemaname = 'public' AND t.tableowner = r.rolname) "
+                    "FROM pg_roles r WHERE r.rolname = current_user"
+                )
+            )
+        ).one()
+    name, superuser, bypass, owned = row
+    if superuser:
+        return f"runtime role {name!r} is a superuser: row-level security would not apply"
+    if bypass:
+        return f"runtime role {name!r} has BYPASSRLS: row-level security would not apply"
+    if owned:
+        return f"runtime role {name!r} owns {owned} table(s): use a role that does not own the schema"
+    return None

@@ -1,0 +1,102 @@
+"""The Postgres schema, as SQLAlchemy Core tables. Every tenant table leads with `tenant_id` and is under
+row-level security (see migrations). Changes here need a new Alembic revision."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+metadata = MetaData()
+
+care_plans = Table(
+    "care_plans",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    Index("ix_care_plans_patient", "tenant_id", "patient_id"),
+)
+
+# Every version of every FHIR resource we own, as served by vread and _history.
+resource_history = Table(
+    "resource_history",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("command_id", Uuid, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "resource_type", "resource_id", "version"),
+)
+
+# The audit Provenance of each accepted command, also served read-only (US Core _revinclude).
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("patient_id", Text),
+    Column("targets", ARRAY(Text), nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+# The inbox: every command id a tenant sent, with the outcome it got (effectively-once processing).
+command_log = Table(
+    "command_log",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("command_id", Uuid, nullable=False),
+    Column("command_type", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("outcome", JSONB, nullable=False),
+    Column("correlation_id", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("tenant_id", "command_id"),
+)
+
+# Events and audit records waiting for the relay, written in the command's own transaction.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("published_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("parked_at", DateTime(timezone=True)),
+    # The relay reads unpublished rows, never a high-water mark (DESIGN.md, the gap trap).
+    Index(
+        "ix_outbox_unpublished",
+        "id",
+        postgresql_where=text("published_at IS NULL AND parked_at IS NULL"),
+    ),
+)
+
+TENANT_TABLES: tuple[str, ...] = ("care_plans", "resource_history", "provenance", "command_log", "outbox")

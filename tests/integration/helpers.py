@@ -1,0 +1,43 @@
+"""Small helpers the integration tests share: reading events back and counting rows as the owner."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+CARE_PLAN = {"patient_id": "p1", "title": "Type 2 diabetes care plan", "status": "active"}
+
+
+async def last_event(nc: NatsClient, stream: str, subject: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The newest message on `subject`, waiting for the relay to publish it."""
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            msg = await js.get_last_msg(stream, subject)
+            assert msg.data is not None
+            event: dict[str, Any] = orjson.loads(msg.data)
+            event["_headers"] = dict(msg.headers or {})
+            return event
+        except NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no message on {subject} in {stream} within {timeout}s") from None
+            await asyncio.sleep(0.05)
+
+
+async def count_messages(nc: NatsClient, stream: str, subject: str) -> int:
+    info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def count_rows(engine: AsyncEngine, table: str, tenant_id: str) -> int:
+    """As the owner (superuser), so RLS does not hide anything."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant_id})
+    return int(count or 0)
