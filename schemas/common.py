@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema, model_validator
 
 # Ids are opaque to us but must be safe as FHIR ids: [A-Za-z0-9-.]{1,64}.
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -13,6 +13,37 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 Uri = Annotated[str, StringConstraints(pattern=r"^\S{1,512}$")]
 Code = Annotated[str, StringConstraints(pattern=r"^[^\s]+( [^\s]+)*$", max_length=256)]
+
+
+def parse_fhir_date_time(value: object) -> date | datetime:
+    """FHIR `dateTime` as we accept it: a date (YYYY-MM-DD) or a date-time with a time zone, which
+    FHIR requires whenever a time is given."""
+    if isinstance(value, datetime):
+        parsed: date | datetime = value
+    elif isinstance(value, date):
+        return value
+    elif isinstance(value, str) and len(value) == 10:
+        try:
+            return date.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError("not a date (YYYY-MM-DD)") from exc
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError("not a date (YYYY-MM-DD) or date-time (RFC 3339)") from exc
+    else:
+        raise ValueError("must be a date or date-time string")
+    if isinstance(parsed, datetime) and parsed.tzinfo is None:
+        raise ValueError("a date-time needs a time zone (e.g. Z or +01:00)")
+    return parsed
+
+
+DateOrDateTime = Annotated[
+    date | datetime,
+    PlainValidator(parse_fhir_date_time),
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}),
+]
 
 
 class WireModel(BaseModel):
@@ -45,8 +76,8 @@ class CodeableConceptIn(WireModel):
 
 
 class PeriodIn(WireModel):
-    start: datetime | date | None = None
-    end: datetime | date | None = None
+    start: DateOrDateTime | None = None
+    end: DateOrDateTime | None = None
 
 
 class NoteIn(WireModel):
