@@ -19,6 +19,10 @@ _TRANSIENT_SQLSTATES = {
     "08006",
     "08001",
     "08004",
+    # A role that cannot log in right now (password rotation, NOLOGIN during maintenance): retry, and
+    # dead-letter if it lasts, rather than reject commands for good.
+    "28000",
+    "28P01",
 }
 
 

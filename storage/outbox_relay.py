@@ -44,7 +44,8 @@ class RelaySettings:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     published: int
-    failed: bool
+    broker_failed: bool  # the broker is away: back off before the next batch
+    charged: bool  # a row itself failed and was charged an attempt (parked at the limit)
 
 
 class OutboxRelay:
@@ -80,13 +81,13 @@ class OutboxRelay:
             await leader_conn.execute(text("SELECT 1"))
             self._wake.clear()
             result = await self.publish_batch()
-            if result.failed:
+            if result.broker_failed:
                 retries += 1
                 await _wait(stop, min(self._settings.retry_max_s, 0.2 * 2**retries))
                 continue
             retries = 0
-            if result.published == self._settings.batch_size:
-                continue  # more waiting; do not sleep
+            if result.published == self._settings.batch_size or result.charged:
+                continue  # more rows waiting, or a bad row to retry (and park) at once; do not sleep
             await self._cleanup_if_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_wake_or_stop(stop), self._settings.poll_interval_s)
@@ -117,15 +118,18 @@ class OutboxRelay:
                 await conn.execute(
                     text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"), {"ids": published}
                 )
-            if failure is not None:
-                await self._record_failure(conn, *failure)
-        return BatchResult(len(published), failure is not None)
-
-    async def _record_failure(self, conn: AsyncConnection, row_id: int, exc: Exception) -> None:
-        if not isinstance(exc, PermanentPublishError):
+            if failure is not None and isinstance(failure[1], PermanentPublishError):
+                await self._charge(conn, *failure)
+                return BatchResult(len(published), broker_failed=False, charged=True)
+        if failure is not None:
             # The broker is away: nothing is wrong with the row, so it is not charged an attempt.
-            log.warning("outbox publish failed; will retry", extra={"outbox_id": row_id, "error": str(exc)})
-            return
+            log.warning(
+                "outbox publish failed; will retry", extra={"outbox_id": failure[0], "error": str(failure[1])}
+            )
+        return BatchResult(len(published), broker_failed=failure is not None, charged=False)
+
+    async def _charge(self, conn: AsyncConnection, row_id: int, exc: Exception) -> None:
+        """Count a failed attempt against a row; park it at the limit so it stops blocking the rest."""
         parked = await conn.scalar(
             text(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = :error, "

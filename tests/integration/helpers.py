@@ -39,5 +39,7 @@ async def count_messages(nc: NatsClient, stream: str, subject: str) -> int:
 async def count_rows(engine: AsyncEngine, table: str, tenant_id: str) -> int:
     """As the owner (superuser), so RLS does not hide anything."""
     async with engine.connect() as conn:
-        count = await conn.scalar(text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant_id})
+        count = await conn.scalar(
+            text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant_id}
+        )
     return int(count or 0)

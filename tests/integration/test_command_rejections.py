@@ -73,7 +73,9 @@ def _b64(raw: bytes) -> str:
     [
         pytest.param(lambda keys, tenant: None, id="missing"),
         pytest.param(lambda keys, tenant: "not-a-jwt", id="malformed"),
-        pytest.param(lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], ttl_s=-120), id="expired"),
+        pytest.param(
+            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], ttl_s=-120), id="expired"
+        ),
         pytest.param(forged_token, id="forged"),
         pytest.param(hs256_token, id="hs256-confusion"),
         pytest.param(
@@ -81,10 +83,12 @@ def _b64(raw: bytes) -> str:
             id="wrong-audience",
         ),
         pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience=None), id="no-audience"
+            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience=None),
+            id="no-audience",
         ),
         pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id="bad tenant!", roles=["clinician"]), id="invalid-tenant-claim"
+            lambda keys, tenant: keys.mint(tenant_id="bad tenant!", roles=["clinician"]),
+            id="invalid-tenant-claim",
         ),
     ],
 )
@@ -130,7 +134,9 @@ async def test_callers_without_permission_are_forbidden(
     roles: list[str],
     extra: dict[str, Any],
 ) -> None:
-    reply = await send_command(nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant, roles, **extra))
+    reply = await send_command(
+        nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant, roles, **extra)
+    )
     assert reply["status"] == 403
     assert reply["error"]["code"] == "FORBIDDEN"
     await assert_nothing_written(admin_engine, tenant)
@@ -148,7 +154,9 @@ async def test_body_that_is_not_json_is_a_validation_error(
 async def test_deeply_nested_json_is_a_validation_error(
     service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
 ) -> None:
-    body = b'{"command_id": "' + str(uuid.uuid4()).encode() + b'", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    body = (
+        b'{"command_id": "' + str(uuid.uuid4()).encode() + b'", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    )
     reply = await send_command(nc, "careplan.create", body, token=token_for(tenant))
     assert reply["error"]["code"] == "VALIDATION_ERROR"
 
@@ -171,14 +179,23 @@ async def test_schema_violations_list_each_error_with_its_path(
         pytest.param({"data": {}}, "command_id", id="no-command-id"),
         pytest.param({"command_id": "not-a-uuid", "data": {}}, "command_id", id="bad-command-id"),
         pytest.param({"command_id": str(uuid.uuid4()), "data": []}, "data", id="data-not-object"),
-        pytest.param({"command_id": str(uuid.uuid4()), "data": {}, "extra": 1}, "extra", id="unknown-envelope-field"),
         pytest.param(
-            {"command_id": str(uuid.uuid4()), "data": {}, "expected_version": "one"}, "expected_version", id="bad-version"
+            {"command_id": str(uuid.uuid4()), "data": {}, "extra": 1}, "extra", id="unknown-envelope-field"
+        ),
+        pytest.param(
+            {"command_id": str(uuid.uuid4()), "data": {}, "expected_version": "one"},
+            "expected_version",
+            id="bad-version",
         ),
     ],
 )
 async def test_envelope_violations_are_validation_errors(
-    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, body: dict[str, Any], path: str
+    service: RunningService,
+    nc: NatsClient,
+    tenant: str,
+    token_for: TokenFactory,
+    body: dict[str, Any],
+    path: str,
 ) -> None:
     reply = await send_command(
         nc, "careplan.create", orjson.dumps(body), token=token_for(tenant), message_id=str(uuid.uuid4())

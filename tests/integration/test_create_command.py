@@ -27,7 +27,9 @@ async def test_create_replies_publishes_events_and_serves_fhir(
         | {
             "description": "Keep HbA1c under 7%",
             "categories": [{"coding": [{"system": "http://snomed.info/sct", "code": "734163000"}]}],
-            "addresses": [{"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}]}],
+            "addresses": [
+                {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}]}
+            ],
             "period": {"start": "2026-11-01"},
             "review": {"interval_days": 90, "next_due": "2027-02-01"},
             "notes": ["Patient prefers morning appointments"],
@@ -78,7 +80,8 @@ async def test_create_replies_publishes_events_and_serves_fhir(
         ) as response:
             assert response.status == 304
         async with http.get(
-            f"{service.http_url}/fhir/CarePlan/{plan_id}", headers=headers | {"If-Modified-Since": last_modified}
+            f"{service.http_url}/fhir/CarePlan/{plan_id}",
+            headers=headers | {"If-Modified-Since": last_modified},
         ) as response:
             assert response.status == 304
     CarePlan.model_validate(resource)

@@ -1,0 +1,87 @@
+"""The relay publishes every committed outbox row, including late commits, and parks rows it never can."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.runner import RunningService
+from storage.outbox_relay import OutboxRelay
+from tests.integration.helpers import last_event
+
+
+async def insert_outbox_row(conn: AsyncConnection, tenant: str, subject: str) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    await conn.execute(
+        text("INSERT INTO outbox (tenant_id, event_id, subject, payload) VALUES (:t, :e, :s, :p)"),
+        {"t": tenant, "e": event_id, "s": subject, "p": orjson.dumps({"id": str(event_id)})},
+    )
+    return event_id
+
+
+async def test_a_row_committed_after_a_later_row_is_still_published(
+    service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    """The gap trap: ids are taken at insert, commits land in another order."""
+    early_subject = f"careplan.evt.{tenant}.test.early"
+    late_subject = f"careplan.evt.{tenant}.test.late"
+    async with admin_engine.connect() as slow, admin_engine.connect() as fast:
+        # Given a transaction that takes a lower id but commits last
+        await slow.begin()
+        early_id = await insert_outbox_row(slow, tenant, early_subject)
+        async with fast.begin():
+            await insert_outbox_row(fast, tenant, late_subject)
+        # When the later row has been published
+        await last_event(nc, "CAREPLAN_EVENTS", late_subject)
+        await slow.commit()
+    # Then the lower id still goes out once it commits
+    early = await last_event(nc, "CAREPLAN_EVENTS", early_subject)
+    assert early["id"] == str(early_id)
+    assert early["_headers"]["Nats-Msg-Id"] == str(early_id)
+
+
+async def test_a_row_no_stream_takes_is_parked_and_does_not_block_the_rest(
+    service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    async with admin_engine.begin() as conn:
+        bad_id = await insert_outbox_row(conn, tenant, f"careplan.nowhere.{tenant}")
+    async with admin_engine.begin() as conn:
+        await insert_outbox_row(conn, tenant, f"careplan.evt.{tenant}.test.after")
+    await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.test.after", timeout=20)
+    async with admin_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT attempts, parked_at IS NOT NULL, published_at, last_error "
+                    "FROM outbox WHERE event_id = :e"
+                ),
+                {"e": bad_id},
+            )
+        ).one()
+    attempts, parked, published_at, last_error = row
+    assert parked is True
+    assert attempts == 10
+    assert published_at is None
+    assert last_error
+
+
+async def test_only_one_relay_leads(service: RunningService, admin_engine: AsyncEngine) -> None:
+    assert service.relay.is_leader is True
+    standby = OutboxRelay(service.system_engine, publish=_never_called)
+    stop = asyncio.Event()
+    task = asyncio.create_task(standby.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        assert standby.is_leader is False
+    finally:
+        stop.set()
+        await task
+
+
+async def _never_called(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    raise AssertionError("a standby relay published")
