@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# Build: a wheel of the project and its dependencies. Run: a slim image, non-root, `careplan serve`.
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/careplan
+COPY pyproject.toml README.md ./
+COPY domain domain
+COPY schemas schemas
+COPY handlers handlers
+COPY storage storage
+COPY fhir_read fhir_read
+COPY integrations integrations
+COPY service service
+RUN /opt/careplan/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim AS runtime
+RUN groupadd --system careplan && useradd --system --gid careplan --home-dir /nonexistent careplan
+COPY --from=build /opt/careplan /opt/careplan
+ENV PATH=/opt/careplan/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    CAREPLAN_HTTP_HOST=0.0.0.0 \
+    CAREPLAN_HTTP_PORT=8080
+USER careplan
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+# SIGTERM drains in-flight commands before exiting.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["careplan"]
+CMD ["serve"]
