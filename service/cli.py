@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             case "serve":
                 return asyncio.run(_serve(settings))
             case "dev":
-                from service.dev import run_dev
-
+                try:
+                    from service.dev import run_dev
+                except ImportError as exc:
+                    print(f"careplan dev needs the embedded servers: pip install 'care-plan-service[dev]' ({exc})")
+                    return 2
                 return run_dev(settings)
             case "token":
                 return _token(settings, args)

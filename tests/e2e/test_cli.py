@@ -388,14 +388,23 @@ def test_migrate_creates_the_schema_and_is_idempotent(database: DatabaseUrls) ->
         assert asyncio.run(_scalar(runtime, "SELECT has_table_privilege('care_plans', 'SELECT')")) is True
     finally:
         asyncio.run(drop_database(database.server_admin, name))
-        asyncio.run(_scalar(database.server_admin, f"DROP ROLE IF EXISTS {E2E_RUNTIME_ROLE}"))
+        asyncio.run(_execute(database.server_admin, f"DROP ROLE IF EXISTS {E2E_RUNTIME_ROLE}"))
 
 
 async def _scalar(url: str, sql: str) -> object:
     engine = create_engine(url, pool_size=1)
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             return await conn.scalar(text(sql))
+    finally:
+        await engine.dispose()
+
+
+async def _execute(url: str, sql: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
     finally:
         await engine.dispose()
 

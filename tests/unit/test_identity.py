@@ -1,0 +1,64 @@
+"""JWT verification against a JWKS file: what identity-service's tokens must look like."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from handlers.ports import AuthenticationFailed
+from integrations.identity import JwksSource, JwtVerifier
+from service.dev_identity import DevKeys, write_new_keys
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> DevKeys:
+    return write_new_keys(tmp_path / "keys")
+
+
+def verifier(keys: DevKeys, issuer: str | None = None) -> JwtVerifier:
+    return JwtVerifier(JwksSource(keys.jwks_url), issuer=issuer, audience="care-plan-service")
+
+
+async def test_valid_token_becomes_a_principal(keys: DevKeys) -> None:
+    token = keys.mint(tenant_id="t1", roles=["clinician"], subject="dr-1", issuer="https://id.example")
+    found = await verifier(keys, issuer="https://id.example").verify(token)
+    assert found.tenant_id == "t1"
+    assert found.subject == "dr-1"
+    assert found.roles == frozenset({"clinician"})
+    assert found.entitlements == frozenset({"ehr.care_plans"})
+    assert found.issuer == "https://id.example"
+    assert found.token_id
+
+
+async def test_wrong_issuer_is_refused(keys: DevKeys) -> None:
+    token = keys.mint(tenant_id="t1", roles=[], issuer="https://evil.example")
+    with pytest.raises(AuthenticationFailed, match="issuer"):
+        await verifier(keys, issuer="https://id.example").verify(token)
+
+
+async def test_missing_issuer_is_refused_when_one_is_configured(keys: DevKeys) -> None:
+    with pytest.raises(AuthenticationFailed):
+        await verifier(keys, issuer="https://id.example").verify(keys.mint(tenant_id="t1", roles=[]))
+
+
+async def test_rotated_key_is_picked_up_on_an_unknown_kid(keys: DevKeys, tmp_path: Path) -> None:
+    source = JwksSource(keys.jwks_url, min_refresh_s=0)
+    checker = JwtVerifier(source, issuer=None, audience="care-plan-service")
+    await checker.verify(keys.mint(tenant_id="t1", roles=[]))
+    # identity-service rotates: the JWKS now also holds a new key
+    rotated = write_new_keys(tmp_path / "rotated")
+    both = {
+        "keys": json.loads(keys.jwks_path.read_text())["keys"]
+        + json.loads(rotated.jwks_path.read_text())["keys"]
+    }
+    keys.jwks_path.write_text(json.dumps(both))
+    found = await checker.verify(rotated.mint(tenant_id="t2", roles=[]))
+    assert found.tenant_id == "t2"
+
+
+async def test_roles_claim_of_the_wrong_type_is_refused(keys: DevKeys) -> None:
+    token = keys.mint(tenant_id="t1", roles=[], extra={"roles": {"admin": True}})
+    with pytest.raises(AuthenticationFailed, match="roles"):
+        await verifier(keys).verify(token)
