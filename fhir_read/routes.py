@@ -8,7 +8,6 @@ from email.utils import format_datetime, parsedate_to_datetime
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain.access import Principal
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from handlers.ports import TokenVerifier
@@ -24,18 +23,11 @@ def add_fhir_routes(app: web.Application, engine: AsyncEngine, verifier: TokenVe
     app.router.add_get("/fhir/CarePlan/{id}", read_care_plan_route)
 
 
-async def _principal(request: web.Request) -> Principal:
-    try:
-        return await authenticate(request, request.app[VERIFIER])
-    except Unauthenticated as exc:
-        raise _Outcome(operation_outcome(401, str(exc))) from exc
-
-
 async def read_care_plan_route(request: web.Request) -> web.StreamResponse:
     try:
-        principal = await _principal(request)
-    except _Outcome as outcome:
-        return outcome.response
+        principal = await authenticate(request, request.app[VERIFIER])
+    except Unauthenticated as exc:
+        return operation_outcome(401, str(exc))
     plan_id = request.match_info["id"]
     found = await read_care_plan(
         request.app[ENGINE], principal.tenant_id, plan_id, patient_id=principal.patient_id
@@ -71,8 +63,3 @@ def _not_modified(request: web.Request, version: int, last_modified: datetime) -
             since = since.replace(tzinfo=UTC)
         return last_modified.replace(microsecond=0) <= since
     return False
-
-
-class _Outcome(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response

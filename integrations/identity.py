@@ -16,6 +16,7 @@ import jwt
 from jwt import PyJWK
 
 from domain.access import Principal
+from domain.errors import Unavailable
 from handlers.ports import AuthenticationFailed
 
 ALGORITHMS = ("RS256", "ES256")
@@ -102,8 +103,9 @@ class JwtVerifier:
             key = await self._keys.key_for(header.get("kid"))
         except AuthenticationFailed:
             raise
-        except Exception as exc:  # the JWKS could not be read: say so, do not guess
-            raise AuthenticationFailed(f"signing keys unavailable: {exc}") from exc
+        except Exception as exc:
+            # identity-service's keys could not be read: a retry may succeed, a rejection would be wrong.
+            raise Unavailable("identity", f"signing keys could not be read: {exc}") from exc
         required = ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
         try:
             claims: dict[str, Any] = jwt.decode(

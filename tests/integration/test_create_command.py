@@ -198,4 +198,4 @@ async def test_health_and_readiness(service: RunningService) -> None:
             assert response.status == 200
         async with http.get(f"{service.http_url}/readyz") as response:
             assert response.status == 200
-            assert (await response.json())["checks"] == {"database": True, "nats": True, "relay": True}
+            assert (await response.json())["checks"] == {"database": True, "nats": True, "consumer": True}

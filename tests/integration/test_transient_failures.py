@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
@@ -59,6 +60,17 @@ async def test_command_during_a_short_outage_is_retried_and_succeeds(
     reply = await pending
     assert reply["ok"] is True, reply
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
+
+
+async def test_readiness_fails_while_the_database_is_away(
+    service: RunningService, admin_engine: AsyncEngine
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with runtime_role_locked_out(admin_engine), http.get(f"{service.http_url}/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["database"] is False
+        async with http.get(f"{service.http_url}/readyz") as response:
+            assert response.status == 200
 
 
 async def test_command_outlasting_its_deliveries_is_dead_lettered_and_answered(

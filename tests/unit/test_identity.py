@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from domain.errors import Unavailable
 from handlers.ports import AuthenticationFailed
 from integrations.identity import JwksSource, JwtVerifier
 from service.dev_identity import DevKeys, write_new_keys
@@ -56,6 +57,17 @@ async def test_rotated_key_is_picked_up_on_an_unknown_kid(keys: DevKeys, tmp_pat
     keys.jwks_path.write_text(json.dumps(both))
     found = await checker.verify(rotated.mint(tenant_id="t2", roles=[]))
     assert found.tenant_id == "t2"
+
+
+async def test_unreadable_jwks_is_unavailable_not_a_rejection(keys: DevKeys, tmp_path: Path) -> None:
+    """identity-service being away must be retried, not answered with UNAUTHENTICATED for good."""
+    token = keys.mint(tenant_id="t1", roles=[])
+    missing = JwtVerifier(
+        JwksSource((tmp_path / "gone.json").as_uri()), issuer=None, audience="care-plan-service"
+    )
+    with pytest.raises(Unavailable) as raised:
+        await missing.verify(token)
+    assert raised.value.what == "identity"
 
 
 async def test_roles_claim_of_the_wrong_type_is_refused(keys: DevKeys) -> None:
