@@ -16,26 +16,36 @@ from service.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="careplan",
-        description="care-plan-service: care-plan commands over NATS JetStream, FHIR R4 reads over HTTP.",
-        epilog="Settings come from flags, then CAREPLAN_* environment variables, then defaults.",
+    # Setting flags are accepted before or after the command (`careplan --http-port 8081 dev` or
+    # `careplan dev --http-port 8081`); SUPPRESS keeps an absent flag from overwriting a given one.
+    settings_flags = argparse.ArgumentParser(add_help=False)
+    settings_group = settings_flags.add_argument_group(
+        "settings (each also CAREPLAN_<NAME> in the environment)"
     )
-    settings_group = parser.add_argument_group("settings (each also CAREPLAN_<NAME> in the environment)")
     for name, field in Settings.model_fields.items():
         settings_group.add_argument(
             "--" + name.replace("_", "-"),
             dest=f"setting_{name}",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar=name.upper(),
             help=f"{field.description or ''} [CAREPLAN_{name.upper()}]",
         )
+    parser = argparse.ArgumentParser(
+        prog="careplan",
+        description="care-plan-service: care-plan commands over NATS JetStream, FHIR R4 reads over HTTP.",
+        epilog="Settings come from flags, then CAREPLAN_* environment variables, then defaults.",
+        parents=[settings_flags],
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("migrate", help="create or upgrade the schema, roles and grants (idempotent)")
-    commands.add_parser("serve", help="run the worker, outbox relay and HTTP app with configured URLs")
-    commands.add_parser("dev", help="run everything on embedded NATS and Postgres kept in ./.careplan-dev")
 
-    token = commands.add_parser("token", help="mint a development JWT signed by the `careplan dev` key")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[settings_flags])
+
+    command("migrate", "create or upgrade the schema, roles and grants (idempotent)")
+    command("serve", "run the worker, outbox relay and HTTP app with configured URLs")
+    command("dev", "run everything on embedded NATS and Postgres kept in ./.careplan-dev")
+
+    token = command("token", "mint a development JWT signed by the `careplan dev` key")
     token.add_argument("--tenant", required=True)
     token.add_argument("--role", action="append", default=[], help="repeatable; e.g. clinician")
     token.add_argument("--subject", default="dev-user")
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--no-entitlement", action="store_true", help="omit the module entitlement")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
 
-    send = commands.add_parser("send", help="send a command and print its reply")
+    send = command("send", "send a command and print its reply")
     send.add_argument("name", help="command name, e.g. careplan.create")
     send.add_argument("body", help="the command's data as JSON, or a whole envelope {command_id, data, …}")
     send.add_argument("--token", default=None, help="JWT; default: a dev clinician token for --tenant")

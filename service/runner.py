@@ -171,12 +171,17 @@ async def serve_until_signalled(settings: Settings) -> None:
     print(f"care-plan-service ready: HTTP {service.http_url}, NATS {settings.nats_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    # remove_signal_handler restores the *default* action; keep whatever the caller had (careplan dev
+    # needs its SIGTERM handler back so a second SIGTERM still unwinds through its cleanup).
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig])
         print("care-plan-service stopping: draining in-flight commands", flush=True)
         await service.stop()

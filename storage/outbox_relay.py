@@ -88,7 +88,9 @@ class OutboxRelay:
             retries = 0
             if result.published == self._settings.batch_size or result.charged:
                 continue  # more rows waiting, or a bad row to retry (and park) at once; do not sleep
-            await self._cleanup_if_due()
+            if time.monotonic() - self._last_cleanup >= self._settings.cleanup_every_s:
+                self._last_cleanup = time.monotonic()
+                await self.delete_expired()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_wake_or_stop(stop), self._settings.poll_interval_s)
 
@@ -141,16 +143,14 @@ class OutboxRelay:
         if parked:
             log.error("outbox row parked", extra={"outbox_id": row_id, "error": str(exc)})
 
-    async def _cleanup_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_cleanup < self._settings.cleanup_every_s:
-            return
-        self._last_cleanup = now
+    async def delete_expired(self) -> int:
+        """Delete rows published longer ago than the retention; returns how many."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM outbox WHERE published_at < now() - :keep"),
-                {"keep": self._settings.retention},
+            result = await conn.execute(
+                text("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => :keep_s)"),
+                {"keep_s": self._settings.retention.total_seconds()},
             )
+        return int(result.rowcount or 0)
 
     async def _wait_wake_or_stop(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]

@@ -219,8 +219,11 @@ class DevProcess:
 
 
 @contextlib.contextmanager
-def careplan_dev(args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> Iterator[DevProcess]:
-    dev = DevProcess([*args, "dev"], cwd=cwd, env=env, log_path=log_path)
+def careplan_dev(
+    args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, flags_after_command: bool = False
+) -> Iterator[DevProcess]:
+    argv = ["dev", *args] if flags_after_command else [*args, "dev"]
+    dev = DevProcess(argv, cwd=cwd, env=env, log_path=log_path)
     try:
         yield dev
     finally:
@@ -307,10 +310,20 @@ def test_dev_quickstart_keeps_data_across_restarts_and_stops_its_servers(workdir
 
         # When it gets SIGTERM, then it exits cleanly and stops both servers it started
         assert_clean_exit(dev.stop(signal.SIGTERM), signal.SIGTERM, dev)
+        # and nothing went wrong on the way (the relay, the worker and shutdown logged no error)
+        log = dev.stderr_tail(1_000_000)
+        assert "Traceback" not in log
+        assert " ERROR " not in log
     assert_no_servers_left(dev_dir)
 
-    # When it is started again on the same directory
-    with careplan_dev(["--http-port", str(port)], cwd=workdir, env=env, log_path=workdir / "dev2.log") as dev:
+    # When it is started again on the same directory (setting flags may follow the command too)
+    with careplan_dev(
+        ["--http-port", str(port)],
+        cwd=workdir,
+        env=env,
+        log_path=workdir / "dev2.log",
+        flags_after_command=True,
+    ) as dev:
         dev.wait_ready()
 
         # Then the plan, the keys (the old token still verifies) and the CLI's view of the servers survive
@@ -409,11 +422,16 @@ async def _execute(url: str, sql: str) -> None:
         await engine.dispose()
 
 
-def test_serve_refuses_a_superuser_runtime_role(database: DatabaseUrls, nats_url: str, keys: DevKeys) -> None:
-    # Given a runtime URL that logs in as the superuser
+@pytest.mark.parametrize(
+    ("runtime_login", "reason"), [("admin", "is a superuser"), ("system", "has BYPASSRLS")]
+)
+def test_serve_refuses_a_runtime_role_that_escapes_rls(
+    database: DatabaseUrls, nats_url: str, keys: DevKeys, runtime_login: str, reason: str
+) -> None:
+    # Given a runtime URL that logs in as the superuser, or as the BYPASSRLS system role
     env = clean_env(
         CAREPLAN_NATS_URL=nats_url,
-        CAREPLAN_DATABASE_URL=database.admin,
+        CAREPLAN_DATABASE_URL=database.admin if runtime_login == "admin" else database.system,
         CAREPLAN_SYSTEM_DATABASE_URL=database.system,
         CAREPLAN_JWKS_URL=keys.jwks_url,
         CAREPLAN_HTTP_PORT="0",
@@ -427,7 +445,7 @@ def test_serve_refuses_a_superuser_runtime_role(database: DatabaseUrls, nats_url
     assert done.returncode == 2, f"stdout: {done.stdout}\nstderr: {done.stderr}"
     assert time.monotonic() - started < 20
     assert READY not in done.stdout
-    reasons = [line for line in done.stderr.splitlines() if "superuser" in line]
+    reasons = [line for line in done.stderr.splitlines() if reason in line]
     assert len(reasons) == 1, done.stderr
     assert reasons[0].startswith("careplan serve: refusing to start"), done.stderr
     assert "Traceback" not in done.stderr

@@ -85,3 +85,33 @@ async def test_only_one_relay_leads(service: RunningService, admin_engine: Async
 
 async def _never_called(subject: str, payload: bytes, headers: dict[str, str]) -> None:
     raise AssertionError("a standby relay published")
+
+
+async def test_published_rows_past_retention_are_deleted_and_others_kept(
+    service: RunningService, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    async with admin_engine.begin() as conn:
+        old = await insert_outbox_row(conn, tenant, f"careplan.evt.{tenant}.test.old")
+        recent = await insert_outbox_row(conn, tenant, f"careplan.evt.{tenant}.test.recent")
+        waiting = await insert_outbox_row(conn, tenant, f"careplan.evt.{tenant}.test.waiting")
+        await conn.execute(
+            text("UPDATE outbox SET published_at = now() - interval '8 days' WHERE event_id = :e"), {"e": old}
+        )
+        await conn.execute(
+            text("UPDATE outbox SET published_at = now() - interval '6 days' WHERE event_id = :e"),
+            {"e": recent},
+        )
+        # parked, never published: kept for the operator whatever its age
+        await conn.execute(
+            text("UPDATE outbox SET parked_at = now() - interval '30 days' WHERE event_id = :e"),
+            {"e": waiting},
+        )
+    deleted = await OutboxRelay(service.system_engine, publish=_never_called).delete_expired()
+    async with admin_engine.connect() as conn:
+        left = set(
+            (
+                await conn.execute(text("SELECT event_id FROM outbox WHERE tenant_id = :t"), {"t": tenant})
+            ).scalars()
+        )
+    assert deleted >= 1
+    assert left == {recent, waiting}
