@@ -11,6 +11,20 @@ from handlers.nats_consumer import COMMAND_STREAM, COMMAND_SUBJECTS, DLQ_STREAM,
 DUPLICATE_WINDOW_S = 120.0
 EVENT_STREAM = "CAREPLAN_EVENTS"
 AUDIT_STREAM = "CAREPLAN_AUDIT"
+THIRTY_DAYS_S = 30 * 24 * 3600.0
+
+
+def _history_stream(name: str, subject: str, *, max_age_s: float | None = None) -> StreamConfig:
+    """A limits-retention stream that keeps what was published for others to read (events, audit, DLQ)."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=max_age_s,
+    )
+
 
 STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(
@@ -23,29 +37,9 @@ STREAMS: tuple[StreamConfig, ...] = (
         * 1024,  # above our 256 KiB limit, so oversized bodies reach us and get a typed reply
         discard=DiscardPolicy.OLD,
     ),
-    StreamConfig(
-        name=EVENT_STREAM,
-        subjects=["careplan.evt.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        max_age=30 * 24 * 3600.0,
-    ),
-    StreamConfig(
-        name=AUDIT_STREAM,
-        subjects=["careplan.audit.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        max_age=30 * 24 * 3600.0,
-    ),
-    StreamConfig(
-        name=DLQ_STREAM,
-        subjects=["careplan.dlq.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-    ),
+    _history_stream(EVENT_STREAM, "careplan.evt.>", max_age_s=THIRTY_DAYS_S),
+    _history_stream(AUDIT_STREAM, "careplan.audit.>", max_age_s=THIRTY_DAYS_S),
+    _history_stream(DLQ_STREAM, "careplan.dlq.>"),
 )
 
 
