@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import jwt
 import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from domain.errors import Unavailable
 from handlers.ports import AuthenticationFailed
@@ -74,3 +79,36 @@ async def test_roles_claim_of_the_wrong_type_is_refused(keys: DevKeys) -> None:
     token = keys.mint(tenant_id="t1", roles=[], extra={"roles": {"admin": True}})
     with pytest.raises(AuthenticationFailed, match="roles"):
         await verifier(keys).verify(token)
+
+
+async def test_rs256_keys_served_over_http_are_used_and_cached(unused_tcp_port: int) -> None:
+    """identity-service's JWKS over HTTP, RSA keys: fetched once, then served from the cache."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key())) | {
+        "kid": "rsa-1",
+        "alg": "RS256",
+        "use": "sig",
+    }
+    fetches = 0
+
+    async def jwks(_: web.Request) -> web.Response:
+        nonlocal fetches
+        fetches += 1
+        return web.json_response({"keys": [jwk]})
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        source = JwksSource(f"http://127.0.0.1:{unused_tcp_port}/.well-known/jwks.json")
+        checker = JwtVerifier(source, issuer=None, audience="care-plan-service")
+        claims = {"sub": "u", "tenant_id": "t1", "aud": "care-plan-service", "exp": int(time.time()) + 60}
+        token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "rsa-1"})
+        first = await checker.verify(token)
+        second = await checker.verify(token)
+    finally:
+        await runner.cleanup()
+    assert first.tenant_id == second.tenant_id == "t1"
+    assert fetches == 1
