@@ -62,3 +62,13 @@ class Unavailable(Exception):
     def __init__(self, what: str, message: str) -> None:
         super().__init__(f"{what} unavailable: {message}")
         self.what = what
+
+
+class ClosedForChanges(DomainError):
+    """The resource's status no longer allows this change (a completed plan takes no new goals)."""
+
+    def __init__(self, *, resource: str, status: str, action: str) -> None:
+        super().__init__(f"{resource} is {status} and takes no {action}")
+        self.resource = resource
+        self.status = status
+        self.action = action

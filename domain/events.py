@@ -1,26 +1,19 @@
-"""Domain events: facts the aggregates record; handlers turn them into outbox rows."""
+"""Domain events: facts the aggregate records, one per new resource version; handlers turn them into
+outbox rows (CloudEvents of CONTRACT §5)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class DomainEvent:
-    """Something that happened to one resource, at one new version of it."""
+    """`name` is the event of CONTRACT §5 (`goal.achieved`); `data` adds what the resource cannot say
+    (`from`/`to` of a status change, the outcome of a review)."""
 
+    name: str
     resource_type: str
     resource_id: str
     version: int
-
-    @property
-    def name(self) -> str:
-        """The event's name in CONTRACT §5, e.g. `careplan.created`."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True, slots=True)
-class CarePlanCreated(DomainEvent):
-    @property
-    def name(self) -> str:
-        return "careplan.created"
+    data: dict[str, Any] = field(default_factory=dict)

@@ -9,16 +9,24 @@ import html
 from datetime import UTC, date, datetime
 from typing import Any
 
-from domain.care_plan import CarePlan
+from domain.entities import Activity, CarePlan, CareTeam, Goal, GoalTarget, Quantity, Versioned
 from domain.values import CodeableConcept, Coding, Note, Period
 
 JSON = dict[str, Any]
 
 US_CORE_CAREPLAN = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan"
+US_CORE_GOAL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-goal"
+US_CORE_CARETEAM = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careteam"
+GOAL_ACHIEVEMENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/goal-achievement"
+PERTAINS_TO_GOAL = "http://hl7.org/fhir/StructureDefinition/resource-pertainsToGoal"
+ACTIVITY_KIND_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/activity-kind"
+SNOMED = "http://snomed.info/sct"
 US_CORE_CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 # Our extension for the review schedule (DOMAIN.md decision 3); documented in README.md.
 REVIEW_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/care-plan-review"
 
+# SNOMED CT 425268008 "Review of care plan" (DOMAIN.md §8.3).
+REVIEW_CODE = CodeableConcept(codings=(Coding(SNOMED, "425268008", "Review of care plan"),))
 ASSESS_PLAN = CodeableConcept(
     codings=(Coding(US_CORE_CAREPLAN_CATEGORY, "assess-plan", "Assessment and Plan of Treatment"),),
 )
@@ -84,25 +92,21 @@ def render_care_plan(plan: CarePlan) -> JSON:
     """CarePlan as US Core 6.1/7.0 CarePlan: `assess-plan` category when the caller gave none,
     a generated narrative, and `meta.profile` declaring the profile."""
     categories = plan.categories or (ASSESS_PLAN,)
-    resource: JSON = {
-        "resourceType": "CarePlan",
-        "id": plan.id,
-        "meta": {
-            "versionId": str(plan.version),
-            "lastUpdated": fhir_instant(plan.last_updated),
-            "profile": [US_CORE_CAREPLAN],
-        },
-        "text": {"status": "generated", "div": _narrative(plan)},
-    }
-    if plan.review is not None and (
-        plan.review.interval_days is not None or plan.review.next_due is not None
-    ):
+    resource = _base("CarePlan", plan, US_CORE_CAREPLAN)
+    resource["text"] = {"status": "generated", "div": _narrative(_care_plan_rows(plan))}
+    review = plan.review
+    if review is not None:
         sub: list[JSON] = []
-        if plan.review.interval_days is not None:
-            sub.append({"url": "intervalDays", "valueUnsignedInt": plan.review.interval_days})
-        if plan.review.next_due is not None:
-            sub.append({"url": "nextReviewDue", "valueDate": plan.review.next_due.isoformat()})
-        resource["extension"] = [{"url": REVIEW_EXTENSION, "extension": sub}]
+        if review.interval_days is not None:
+            sub.append({"url": "intervalDays", "valueUnsignedInt": review.interval_days})
+        if review.next_due is not None:
+            sub.append({"url": "nextReviewDue", "valueDate": review.next_due.isoformat()})
+        if review.last_reviewed is not None:
+            sub.append({"url": "lastReviewed", "valueDate": review.last_reviewed.isoformat()})
+        if review.last_outcome is not None:
+            sub.append({"url": "lastOutcome", "valueCode": review.last_outcome})
+        if sub:
+            resource["extension"] = [{"url": REVIEW_EXTENSION, "extension": sub}]
     resource["status"] = plan.status.value
     resource["intent"] = plan.intent.value
     resource["category"] = [render_codeable_concept(c) for c in categories]
@@ -117,14 +121,198 @@ def render_care_plan(plan: CarePlan) -> JSON:
     resource["created"] = fhir_instant(plan.created)
     if plan.author_id:
         resource["author"] = {"reference": f"Practitioner/{plan.author_id}"}
+    if plan.care_team_id:
+        resource["careTeam"] = [{"reference": f"CareTeam/{plan.care_team_id}"}]
     if plan.addresses:
         resource["addresses"] = [render_condition_reference(c) for c in plan.addresses]
+    if plan.goal_ids:
+        resource["goal"] = [{"reference": f"Goal/{g}"} for g in plan.goal_ids]
+    if plan.activity_ids:
+        # Activities are Tasks, linked both ways (DOMAIN.md decision 1): here, and Task.basedOn → plan.
+        resource["activity"] = [{"reference": {"reference": f"Task/{a}"}} for a in plan.activity_ids]
     if plan.notes:
         resource["note"] = [render_note(n) for n in plan.notes]
     return resource
 
 
-def _narrative(plan: CarePlan) -> str:
+def render_goal(goal: Goal) -> JSON:
+    """Goal as US Core Goal: description, subject, lifecycleStatus, and a target due date when given."""
+    resource = _base("Goal", goal, US_CORE_GOAL)
+    resource["text"] = {
+        "status": "generated",
+        "div": _narrative(
+            [
+                ("Goal", goal.description.label()),
+                ("Lifecycle", goal.lifecycle_status.value),
+                ("Achievement", goal.achievement_status.value if goal.achievement_status else "-"),
+            ]
+        ),
+    }
+    resource["lifecycleStatus"] = goal.lifecycle_status.value
+    if goal.achievement_status is not None:
+        code = goal.achievement_status.value
+        resource["achievementStatus"] = {
+            "coding": [{"system": GOAL_ACHIEVEMENT_SYSTEM, "code": code, "display": _display(code)}]
+        }
+    if goal.categories:
+        resource["category"] = [render_codeable_concept(c) for c in goal.categories]
+    if goal.priority is not None:
+        resource["priority"] = render_codeable_concept(goal.priority)
+    resource["description"] = render_codeable_concept(goal.description)
+    resource["subject"] = {"reference": f"Patient/{goal.patient_id}"}
+    if goal.start_date is not None:
+        resource["startDate"] = goal.start_date.isoformat()
+    if goal.targets:
+        resource["target"] = [render_target(t) for t in goal.targets]
+    resource["statusDate"] = goal.status_date.isoformat()
+    if goal.status_reason:
+        resource["statusReason"] = goal.status_reason
+    if goal.addresses:
+        resource["addresses"] = [render_condition_reference(c) for c in goal.addresses]
+    if goal.notes:
+        resource["note"] = [render_note(n) for n in goal.notes]
+    return resource
+
+
+def render_target(target: GoalTarget) -> JSON:
+    out: JSON = {}
+    if target.measure is not None:
+        out["measure"] = render_codeable_concept(target.measure)
+    detail = target.detail
+    if detail is not None:
+        if detail.kind == "quantity" and detail.quantity is not None:
+            out["detailQuantity"] = render_quantity(detail.quantity)
+        elif detail.kind == "range":
+            out["detailRange"] = {
+                k: render_quantity(q)
+                for k, q in (("low", detail.low), ("high", detail.high))
+                if q is not None
+            }
+        elif detail.kind == "ratio":
+            out["detailRatio"] = {
+                k: render_quantity(q)
+                for k, q in (("numerator", detail.numerator), ("denominator", detail.denominator))
+                if q is not None
+            }
+        elif detail.kind == "coded" and detail.coded is not None:
+            out["detailCodeableConcept"] = render_codeable_concept(detail.coded)
+        elif detail.kind == "string" and detail.string is not None:
+            out["detailString"] = detail.string
+        elif detail.kind == "boolean" and detail.boolean is not None:
+            out["detailBoolean"] = detail.boolean
+        elif detail.kind == "integer" and detail.integer is not None:
+            out["detailInteger"] = detail.integer
+    if target.due_date is not None:
+        out["dueDate"] = target.due_date.isoformat()
+    return out
+
+
+def render_quantity(quantity: Quantity) -> JSON:
+    out: JSON = {"value": quantity.value}
+    if quantity.unit:
+        out["unit"] = quantity.unit
+    if quantity.system:
+        out["system"] = quantity.system
+    if quantity.code:
+        out["code"] = quantity.code
+    return out
+
+
+def render_task(activity: Activity) -> JSON:
+    """An activity (or a review) as a Task: basedOn → the plan (or focus → the plan for a review),
+    `for` → the patient, owner, due window in restriction.period, actual times in executionPeriod."""
+    resource = _base("Task", activity, None)
+    resource["text"] = {
+        "status": "generated",
+        "div": _narrative([("Activity", activity.description), ("Status", activity.status.value)]),
+    }
+    extensions: list[JSON] = [
+        {"url": PERTAINS_TO_GOAL, "valueReference": {"reference": f"Goal/{g}"}} for g in activity.goal_ids
+    ]
+    if activity.kind:
+        extensions.append({"url": ACTIVITY_KIND_EXTENSION, "valueCode": activity.kind})
+    if extensions:
+        resource["extension"] = extensions
+    plan_ref = {"reference": f"CarePlan/{activity.plan_id}"}
+    if not activity.is_review:
+        resource["basedOn"] = [plan_ref]
+    resource["status"] = activity.status.value
+    if activity.status_reason:
+        resource["statusReason"] = {"text": activity.status_reason}
+    resource["intent"] = activity.intent
+    if activity.priority:
+        resource["priority"] = activity.priority
+    code = REVIEW_CODE if activity.is_review else activity.code
+    if code is not None:
+        resource["code"] = render_codeable_concept(code)
+    resource["description"] = activity.description
+    if activity.is_review:
+        resource["focus"] = plan_ref
+    resource["for"] = {"reference": f"Patient/{activity.patient_id}"}
+    if activity.execution_start is not None or activity.execution_end is not None:
+        execution: JSON = {}
+        if activity.execution_start is not None:
+            execution["start"] = fhir_instant(activity.execution_start)
+        if activity.execution_end is not None:
+            execution["end"] = fhir_instant(activity.execution_end)
+        resource["executionPeriod"] = execution
+    resource["authoredOn"] = fhir_instant(activity.created)
+    resource["lastModified"] = fhir_instant(activity.last_updated)
+    if activity.requester_id:
+        resource["requester"] = {"reference": f"Practitioner/{activity.requester_id}"}
+    if activity.owner_id:
+        resource["owner"] = {"reference": f"Practitioner/{activity.owner_id}"}
+    if activity.scheduled is not None:
+        resource["restriction"] = {"period": render_period(activity.scheduled)}
+    if activity.outcome is not None:
+        resource["output"] = [
+            {"type": {"text": "outcome"}, "valueCodeableConcept": render_codeable_concept(activity.outcome)}
+        ]
+    return resource
+
+
+def render_care_team(team: CareTeam) -> JSON:
+    """CareTeam as US Core CareTeam: subject, status, and each participant's role and member; an ended
+    membership keeps its participant with period.end."""
+    resource = _base("CareTeam", team, US_CORE_CARETEAM)
+    resource["text"] = {
+        "status": "generated",
+        "div": _narrative(
+            [("Team", team.name)]
+            + [(p.role.label() or "member", f"Practitioner/{p.member_id}") for p in team.participants]
+        ),
+    }
+    resource["status"] = team.status.value
+    resource["name"] = team.name
+    resource["subject"] = {"reference": f"Patient/{team.patient_id}"}
+    if team.participants:
+        participants: list[JSON] = []
+        for p in team.participants:
+            entry: JSON = {
+                "role": [render_codeable_concept(p.role)],
+                "member": {"reference": f"Practitioner/{p.member_id}"},
+            }
+            if p.on_behalf_of:
+                entry["onBehalfOf"] = {"reference": f"Organization/{p.on_behalf_of}"}
+            if p.period is not None:
+                entry["period"] = render_period(p.period)
+            participants.append(entry)
+        resource["participant"] = participants
+    return resource
+
+
+def _base(resource_type: str, resource: Versioned, profile: str | None) -> JSON:
+    meta: JSON = {"versionId": str(resource.version), "lastUpdated": fhir_instant(resource.last_updated)}
+    if profile:
+        meta["profile"] = [profile]
+    return {"resourceType": resource_type, "id": resource.id, "meta": meta}
+
+
+def _display(code: str) -> str:
+    return code.replace("-", " ").capitalize()
+
+
+def _care_plan_rows(plan: CarePlan) -> list[tuple[str, str]]:
     rows = [
         ("Title", plan.title),
         ("Status", plan.status.value),
@@ -139,6 +327,10 @@ def _narrative(plan: CarePlan) -> str:
         rows.append(("Period", f"{start} to {end}"))
     if plan.addresses:
         rows.append(("Addresses", "; ".join(c.label() for c in plan.addresses)))
+    return rows
+
+
+def _narrative(rows: list[tuple[str, str]]) -> str:
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f'<div xmlns="http://www.w3.org/1999/xhtml"><table>{body}</table></div>'
 

@@ -49,13 +49,5 @@ class Note:
     time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ReviewSchedule:
-    """How often the plan is reviewed and when the next review falls due."""
-
-    interval_days: int | None = None
-    next_due: date | None = None
-
-
 def _as_date(value: date | datetime) -> date:
     return value.date() if isinstance(value, datetime) else value

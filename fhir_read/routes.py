@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from handlers.ports import TokenVerifier
-from storage.reads import StoredResource, read_care_plan
+from storage.reads import READABLE_TABLES, StoredResource, read_resource
 
 ENGINE = web.AppKey("fhir_engine", AsyncEngine)
 VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
@@ -20,21 +20,24 @@ VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
 def add_fhir_routes(app: web.Application, engine: AsyncEngine, verifier: TokenVerifier) -> None:
     app[ENGINE] = engine
     app[VERIFIER] = verifier
-    app.router.add_get("/fhir/CarePlan/{id}", read_care_plan_route)
+    for resource_type in READABLE_TABLES:
+        app.router.add_get(f"/fhir/{resource_type}/{{id}}", read_route)
 
 
-async def read_care_plan_route(request: web.Request) -> web.StreamResponse:
+async def read_route(request: web.Request) -> web.StreamResponse:
+    """`GET /fhir/{type}/{id}` for CarePlan, Goal, Task and CareTeam."""
     try:
         principal = await authenticate(request, request.app[VERIFIER])
     except Unauthenticated as exc:
         return operation_outcome(401, str(exc))
-    plan_id = request.match_info["id"]
-    found = await read_care_plan(
-        request.app[ENGINE], principal.tenant_id, plan_id, patient_id=principal.patient_id
+    resource_type = request.path.split("/")[2]
+    resource_id = request.match_info["id"]
+    found = await read_resource(
+        request.app[ENGINE], principal.tenant_id, resource_type, resource_id, patient_id=principal.patient_id
     )
     if found is None:
-        # Another tenant's id, or a plan hidden from this patient, looks exactly like a missing one.
-        return operation_outcome(404, f"CarePlan/{plan_id} is not known")
+        # Another tenant's id, or a resource hidden from this patient, looks exactly like a missing one.
+        return operation_outcome(404, f"{resource_type}/{resource_id} is not known")
     return conditional_resource_response(request, found)
 
 

@@ -1,25 +1,31 @@
-"""Use cases on the CarePlan aggregate: one function per command, transport-free."""
+"""Use cases on the plan itself: create, update, change status, request and complete reviews."""
 
 from __future__ import annotations
 
-from domain.care_plan import CarePlan, CarePlanIntent, CarePlanStatus
+from domain.care_plan import CarePlanAggregate
 from domain.errors import VersionConflict
-from domain.fhir import render_care_plan
+from domain.statuses import CarePlanIntent, CarePlanStatus
 from handlers import translate
 from handlers.context import CommandContext, CommandResult
-from handlers.ports import ResourceVersion, UnitOfWork
-from handlers.recording import Change, record_changes
-from schemas.commands import CarePlanCreate
+from handlers.plan_changes import load_plan, result, store_changes
+from handlers.ports import UnitOfWork
+from schemas.commands import (
+    CarePlanChangeStatus,
+    CarePlanCompleteReview,
+    CarePlanCreate,
+    CarePlanRequestReview,
+    CarePlanUpdate,
+)
 
 
 async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
     """`careplan.create`. A caller-chosen id that already exists is a version conflict: the create
     expected no version at all (like HTTP's `If-None-Match: *`)."""
     plan_id = data.id or str(ctx.new_id())
-    existing = await uow.care_plan_version(plan_id)
+    existing = await uow.load_plan(plan_id)
     if existing is not None:
-        raise VersionConflict(expected=0, current=existing)
-    plan = CarePlan.create(
+        raise VersionConflict(expected=0, current=existing.plan.version)
+    aggregate = CarePlanAggregate.create(
         plan_id=plan_id,
         patient_id=data.patient_id,
         title=data.title,
@@ -35,7 +41,66 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
         review=translate.review(data.review),
         notes=translate.notes(data.notes),
     )
-    version = ResourceVersion("CarePlan", plan.id, plan.version, plan.last_updated, render_care_plan(plan))
-    await uow.insert_care_plan(version, patient_id=plan.patient_id, status=plan.status.value)
-    await record_changes(uow, ctx, [Change(version, tuple(plan.events), plan.patient_id)], operation="CREATE")
-    return CommandResult(201, "CarePlan", plan.id, plan.version)
+    await store_changes(uow, ctx, aggregate, operation="CREATE")
+    return result("CarePlan", aggregate.plan, created=True)
+
+
+async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+    """`careplan.update`: a merge-patch of the create fields (status has its own command)."""
+    aggregate = await load_plan(uow, data.care_plan_id)
+    changes = translate.merge_patch(
+        data.changes,
+        {
+            "categories": translate.concepts,
+            "addresses": translate.concepts,
+            "period": translate.period,
+            "notes": translate.notes,
+            "intent": CarePlanIntent,
+            "review": lambda r: translate.review(r, aggregate.plan.review),
+        },
+    )
+    aggregate.update(changes, expected_version=ctx.expected_version, now=ctx.now)
+    await store_changes(uow, ctx, aggregate, operation="UPDATE")
+    return result("CarePlan", aggregate.plan)
+
+
+async def change_care_plan_status(
+    data: CarePlanChangeStatus, ctx: CommandContext, uow: UnitOfWork
+) -> CommandResult:
+    """`careplan.change_status`, with the cascades to open activities (DOMAIN.md §1.2)."""
+    aggregate = await load_plan(uow, data.care_plan_id)
+    to = CarePlanStatus(data.status)
+    aggregate.change_status(to, reason=data.reason, expected_version=ctx.expected_version, now=ctx.now)
+    operation = "NULLIFY" if to is CarePlanStatus.ENTERED_IN_ERROR else "UPDATE"
+    await store_changes(uow, ctx, aggregate, operation=operation)
+    return result("CarePlan", aggregate.plan)
+
+
+async def request_review(data: CarePlanRequestReview, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+    """`careplan.request_review`: a review Task and the plan's next review date."""
+    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate.request_review(
+        review_task_id=str(ctx.new_id()),
+        reviewer_id=data.reviewer_id,
+        due=data.due,
+        expected_version=ctx.expected_version,
+        now=ctx.now,
+    )
+    await store_changes(uow, ctx, aggregate, operation="UPDATE")
+    return result("CarePlan", aggregate.plan)
+
+
+async def complete_review(
+    data: CarePlanCompleteReview, ctx: CommandContext, uow: UnitOfWork
+) -> CommandResult:
+    """`careplan.complete_review`: close the review, set the next one; `discontinue` revokes the plan."""
+    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate.complete_review(
+        outcome=data.outcome,
+        notes=translate.notes(data.notes),
+        next_review_due=data.next_review_due,
+        expected_version=ctx.expected_version,
+        now=ctx.now,
+    )
+    await store_changes(uow, ctx, aggregate, operation="UPDATE")
+    return result("CarePlan", aggregate.plan)

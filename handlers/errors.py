@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from domain.errors import (
+    ClosedForChanges,
     DomainError,
     InvalidTransition,
     InvalidValue,
@@ -85,6 +86,12 @@ def rejection_for(error: DomainError) -> Rejection:
         case InvalidValue(path=path, message=message):
             return Rejection(
                 ErrorCode.VALIDATION_ERROR, str(error), {"errors": [{"path": path, "message": message}]}
+            )
+        case ClosedForChanges(status=status):
+            return Rejection(
+                ErrorCode.INVALID_TRANSITION,
+                str(error),
+                {"field": "status", "from": status, "to": None, "allowed": []},
             )
         case ModuleNotLicensed():
             return Rejection(ErrorCode.MODULE_NOT_LICENSED, str(error))

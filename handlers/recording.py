@@ -25,7 +25,10 @@ class Change:
 async def record_changes(
     uow: UnitOfWork, ctx: CommandContext, changes: list[Change], *, operation: str
 ) -> None:
-    """`operation` is the v3-DataOperation code for the audit record (CREATE, UPDATE, NULLIFY)."""
+    """`operation` is the v3-DataOperation code for the audit record (CREATE, UPDATE, NULLIFY).
+    A command that changed nothing records nothing."""
+    if not changes:
+        return
     messages: list[OutboxMessage] = []
     for change in changes:
         validate_resource(change.version.resource)
@@ -76,6 +79,6 @@ def _domain_event_message(ctx: CommandContext, event: DomainEvent, version: Reso
         correlationid=ctx.correlation_id,
         causationid=str(ctx.command_id),
         resourceversion=event.version,
-        data={"resource": version.resource},
+        data={"resource": version.resource, **event.data},
     )
     return OutboxMessage(event_id, event_subject(ctx.tenant_id, event.name), cloud_event.to_bytes())

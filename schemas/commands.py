@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 
-from schemas.common import CodeableConceptIn, FhirId, LongText, NoteIn, PeriodIn, ShortText, WireModel
+from schemas.common import (
+    CodeableConceptIn,
+    FhirId,
+    LongText,
+    NoteIn,
+    PeriodIn,
+    QuantityIn,
+    RangeIn,
+    RatioIn,
+    ShortText,
+    WireModel,
+)
 
 MAX_BODY_BYTES = 256 * 1024
 COMMAND_SUBJECT_PREFIX = "careplan.cmd."
+
+
+def _notes_as_objects(notes: object) -> object:
+    """A note may be given as plain text; it is then a note with no author or time."""
+    if isinstance(notes, list):
+        return [{"text": n} if isinstance(n, str) else n for n in notes]
+    return notes
+
+
+# A note may be plain text or {text, author_id, time}.
+Notes = Annotated[list[NoteIn], BeforeValidator(_notes_as_objects)]
 
 
 class CommandEnvelope(WireModel):
@@ -42,12 +64,235 @@ class CarePlanCreate(WireModel):
     addresses: list[CodeableConceptIn] = Field(default_factory=list, max_length=50)
     author_id: FhirId | None = None
     review: ReviewIn | None = None
-    notes: list[NoteIn] = Field(default_factory=list, max_length=100)
+    notes: Notes = Field(default_factory=list, max_length=100)
 
-    @field_validator("notes", mode="before")
-    @classmethod
-    def _plain_text_notes(cls, notes: object) -> object:
-        """A note may be given as plain text; it is then a note with no author or time."""
-        if isinstance(notes, list):
-            return [{"text": n} if isinstance(n, str) else n for n in notes]
-        return notes
+
+CarePlanStatusIn = Literal["draft", "active", "on-hold", "revoked", "completed", "entered-in-error"]
+GoalLifecycleIn = Literal[
+    "proposed",
+    "planned",
+    "accepted",
+    "active",
+    "on-hold",
+    "completed",
+    "cancelled",
+    "entered-in-error",
+    "rejected",
+]
+GoalAchievementIn = Literal[
+    "in-progress",
+    "improving",
+    "worsening",
+    "no-change",
+    "achieved",
+    "sustaining",
+    "not-achieved",
+    "no-progress",
+    "not-attainable",
+]
+TaskStatusIn = Literal[
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+]
+ActivityKindIn = Literal[
+    "Appointment",
+    "CommunicationRequest",
+    "DeviceRequest",
+    "MedicationRequest",
+    "NutritionOrder",
+    "Task",
+    "ServiceRequest",
+    "VisionPrescription",
+]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class CarePlanChanges(WireModel):
+    """A merge-patch of the create fields: a field given is set, `null` clears it, an absent one stays."""
+
+    title: ShortText | None = None
+    description: LongText | None = None
+    encounter_id: FhirId | None = None
+    intent: Literal["proposal", "plan", "order", "option"] | None = None
+    patient_id: FhirId | None = None
+    categories: list[CodeableConceptIn] | None = Field(default=None, max_length=20)
+    period: PeriodIn | None = None
+    addresses: list[CodeableConceptIn] | None = Field(default=None, max_length=50)
+    author_id: FhirId | None = None
+    review: ReviewIn | None = None
+    notes: Notes | None = Field(default=None, max_length=100)
+
+
+class CarePlanUpdate(WireModel):
+    """`careplan.update`."""
+
+    care_plan_id: FhirId
+    changes: CarePlanChanges
+
+
+class CarePlanChangeStatus(WireModel):
+    """`careplan.change_status`."""
+
+    care_plan_id: FhirId
+    status: CarePlanStatusIn
+    reason: Reason | None = None
+
+
+class CarePlanRequestReview(WireModel):
+    """`careplan.request_review`."""
+
+    care_plan_id: FhirId
+    reviewer_id: FhirId | None = None
+    due: date | None = None
+
+
+class CarePlanCompleteReview(WireModel):
+    """`careplan.complete_review`."""
+
+    care_plan_id: FhirId
+    outcome: Literal["continue", "revise", "discontinue"]
+    notes: Notes = Field(default_factory=list, max_length=100)
+    next_review_due: date | None = None
+
+
+class TargetDetailIn(WireModel):
+    """Exactly one of the R4 `target.detail[x]` choices."""
+
+    quantity: QuantityIn | None = None
+    range: RangeIn | None = None
+    coded: CodeableConceptIn | None = None
+    string: ShortText | None = None
+    boolean: bool | None = None
+    integer: int | None = None
+    ratio: RatioIn | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetDetailIn:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("give exactly one of quantity, range, coded, string, boolean, integer, ratio")
+        return self
+
+
+class GoalTargetIn(WireModel):
+    measure: CodeableConceptIn | None = None
+    detail: TargetDetailIn | None = None
+    due_date: date | None = None
+
+    @model_validator(mode="after")
+    def _detail_needs_measure(self) -> GoalTargetIn:
+        if self.detail is not None and self.measure is None:
+            raise ValueError("a target with a detail needs its measure (FHIR gol-1)")
+        return self
+
+
+class GoalAdd(WireModel):
+    """`goal.add`."""
+
+    care_plan_id: FhirId
+    id: FhirId | None = None
+    description: CodeableConceptIn
+    lifecycle_status: GoalLifecycleIn = "proposed"
+    achievement_status: GoalAchievementIn | None = None
+    priority: CodeableConceptIn | None = None
+    category: list[CodeableConceptIn] = Field(default_factory=list, max_length=20)
+    start_date: date | None = None
+    targets: list[GoalTargetIn] = Field(default_factory=list, max_length=20)
+    addresses: list[CodeableConceptIn] = Field(default_factory=list, max_length=50)
+    notes: Notes = Field(default_factory=list, max_length=100)
+
+
+class GoalChanges(WireModel):
+    description: CodeableConceptIn | None = None
+    priority: CodeableConceptIn | None = None
+    category: list[CodeableConceptIn] | None = Field(default=None, max_length=20)
+    start_date: date | None = None
+    targets: list[GoalTargetIn] | None = Field(default=None, max_length=20)
+    addresses: list[CodeableConceptIn] | None = Field(default=None, max_length=50)
+    notes: Notes | None = Field(default=None, max_length=100)
+
+
+class GoalUpdate(WireModel):
+    """`goal.update`."""
+
+    goal_id: FhirId
+    changes: GoalChanges
+
+
+class GoalChangeStatus(WireModel):
+    """`goal.change_status`."""
+
+    goal_id: FhirId
+    lifecycle_status: GoalLifecycleIn | None = None
+    achievement_status: GoalAchievementIn | None = None
+    reason: Reason | None = None
+
+
+class ActivityAdd(WireModel):
+    """`activity.add`."""
+
+    care_plan_id: FhirId
+    id: FhirId | None = None
+    description: LongText
+    code: CodeableConceptIn | None = None
+    kind: ActivityKindIn | None = None
+    goal_ids: list[FhirId] = Field(default_factory=list, max_length=50)
+    owner_id: FhirId | None = None
+    priority: Literal["routine", "urgent", "asap", "stat"] | None = None
+    scheduled: PeriodIn | None = None
+    status: Literal["draft", "ready", "requested"] | None = None
+
+
+class ActivityAssign(WireModel):
+    """`activity.assign`."""
+
+    activity_id: FhirId
+    owner_id: FhirId
+
+
+class ActivityChangeStatus(WireModel):
+    """`activity.change_status`."""
+
+    activity_id: FhirId
+    status: TaskStatusIn
+    reason: Reason | None = None
+    outcome: CodeableConceptIn | None = None
+
+
+class CareTeamAddMember(WireModel):
+    """`careteam.add_member`."""
+
+    care_plan_id: FhirId
+    member_id: FhirId
+    role: CodeableConceptIn
+    on_behalf_of: FhirId | None = None
+    period: PeriodIn | None = None
+
+
+class MemberChanges(WireModel):
+    role: CodeableConceptIn | None = None
+    period: PeriodIn | None = None
+
+
+class CareTeamUpdateMember(WireModel):
+    """`careteam.update_member`."""
+
+    care_plan_id: FhirId
+    member_id: FhirId
+    changes: MemberChanges
+
+
+class CareTeamRemoveMember(WireModel):
+    """`careteam.remove_member`."""
+
+    care_plan_id: FhirId
+    member_id: FhirId

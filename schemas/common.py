@@ -92,3 +92,20 @@ class NoteIn(WireModel):
     text: LongText
     author_id: FhirId | None = None
     time: datetime | None = None
+
+
+class QuantityIn(WireModel):
+    value: float
+    unit: ShortText | None = None
+    system: Uri | None = None
+    code: Code | None = None
+
+
+class RangeIn(WireModel):
+    low: QuantityIn | None = None
+    high: QuantityIn | None = None
+
+
+class RatioIn(WireModel):
+    numerator: QuantityIn | None = None
+    denominator: QuantityIn | None = None

@@ -20,6 +20,9 @@ _MIGRATE_LOCK_KEY = 0x6361_7265_706C_616E  # "careplan"
 # Exactly what each role needs; nothing else (CONTRACT §1).
 RUNTIME_GRANTS: dict[str, str] = {
     "care_plans": "SELECT, INSERT, UPDATE",
+    "goals": "SELECT, INSERT, UPDATE",
+    "tasks": "SELECT, INSERT, UPDATE",
+    "care_teams": "SELECT, INSERT, UPDATE",
     "resource_history": "SELECT, INSERT",
     "provenance": "SELECT, INSERT",
     "command_log": "SELECT, INSERT",

@@ -40,15 +40,28 @@ async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterat
         raise
 
 
-async def read_care_plan(
-    engine: AsyncEngine, tenant_id: str, plan_id: str, *, patient_id: str | None = None
+READABLE_TABLES = {"CarePlan": "care_plans", "Goal": "goals", "Task": "tasks", "CareTeam": "care_teams"}
+
+
+async def read_resource(
+    engine: AsyncEngine,
+    tenant_id: str,
+    resource_type: str,
+    resource_id: str,
+    *,
+    patient_id: str | None = None,
 ) -> StoredResource | None:
-    """The current version; for a patient caller, only their own plans that are not draft or void."""
-    sql = "SELECT version, last_updated, resource::text FROM care_plans WHERE id = :id"
-    params: dict[str, Any] = {"id": plan_id}
+    """The current version; a patient caller sees only resources about themselves (Task: `for`), and of
+    CarePlans only those that are not draft or void."""
+    table = READABLE_TABLES[resource_type]
+    sql = f"SELECT version, last_updated, resource::text FROM {table} WHERE id = :id"
+    params: dict[str, Any] = {"id": resource_id}
     if patient_id is not None:
-        sql += " AND patient_id = :patient AND status <> ALL(:hidden)"
-        params |= {"patient": patient_id, "hidden": list(HIDDEN_FROM_PATIENTS)}
+        sql += " AND patient_id = :patient"
+        params["patient"] = patient_id
+        if resource_type == "CarePlan":
+            sql += " AND status <> ALL(:hidden)"
+            params["hidden"] = list(HIDDEN_FROM_PATIENTS)
     async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(text(sql), params)).one_or_none()
     return None if row is None else StoredResource(row[0], row[1], row[2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -30,9 +31,58 @@ care_plans = Table(
     Column("patient_id", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("state", JSONB),
     Column("resource", JSONB, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ix_care_plans_patient", "tenant_id", "patient_id"),
+)
+
+goals = Table(
+    "goals",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("plan_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("lifecycle_status", Text, nullable=False),
+    Column("achievement_status", Text),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("plan_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("owner_id", Text),
+    Column("is_review", Boolean, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+care_teams = Table(
+    "care_teams",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("plan_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
 )
 
 # Every version of every FHIR resource we own, as served by vread and _history.
@@ -99,4 +149,13 @@ outbox = Table(
     ),
 )
 
-TENANT_TABLES: tuple[str, ...] = ("care_plans", "resource_history", "provenance", "command_log", "outbox")
+TENANT_TABLES: tuple[str, ...] = (
+    "care_plans",
+    "goals",
+    "tasks",
+    "care_teams",
+    "resource_history",
+    "provenance",
+    "command_log",
+    "outbox",
+)

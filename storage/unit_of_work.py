@@ -12,9 +12,11 @@ from typing import Any, Self
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.care_plan import CarePlanAggregate
+from domain.entities import Versioned
 from domain.errors import Unavailable
 from handlers.ports import OutboxMessage, ResourceVersion, StoredOutcome
-from storage import tables
+from storage import aggregates, tables
 from storage.errors import is_transient
 
 
@@ -125,26 +127,16 @@ class SqlUnitOfWork:
 
     # --- resources ---
 
-    async def insert_care_plan(self, version: ResourceVersion, *, patient_id: str, status: str) -> None:
-        await self.conn.execute(
-            insert(tables.care_plans).values(
-                tenant_id=self.tenant_id,
-                id=version.resource_id,
-                version=version.version,
-                patient_id=patient_id,
-                status=status,
-                last_updated=version.last_updated,
-                resource=version.resource,
-            )
-        )
+    async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
+        return await aggregates.load_plan(self.conn, self.tenant_id, plan_id)
 
-    async def care_plan_version(self, plan_id: str) -> int | None:
-        version: int | None = await self.conn.scalar(
-            select(tables.care_plans.c.version).where(
-                tables.care_plans.c.tenant_id == self.tenant_id, tables.care_plans.c.id == plan_id
-            )
-        )
-        return version
+    async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
+        return await aggregates.plan_id_of(self.conn, self.tenant_id, resource_type, resource_id)
+
+    async def save_versions(
+        self, changed: list[tuple[str, Versioned]], versions: list[ResourceVersion]
+    ) -> None:
+        await aggregates.save_versions(self.conn, self.tenant_id, changed, versions)
 
     async def append_history(self, version: ResourceVersion, *, command_id: uuid.UUID) -> None:
         await self.conn.execute(

@@ -13,6 +13,7 @@ from service.runner import RunningService
 from storage.database import create_engine
 from storage.tables import TENANT_TABLES
 from tests.conftest import DatabaseUrls, TokenFactory
+from tests.integration.commands import Caller
 from tests.integration.helpers import CARE_PLAN
 
 
@@ -69,8 +70,12 @@ async def test_read_without_token_is_401_operation_outcome(service: RunningServi
 async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
     service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, database: DatabaseUrls
 ) -> None:
-    # Given data in every tenant table (a plan, its history, provenance, command log, outbox)
-    await create_plan(nc, token_for(tenant))
+    # Given data in every tenant table (plan, goal, task, team, history, provenance, command log, outbox)
+    caller = Caller(nc, service.http_url, token_for(tenant))
+    plan_id = await create_plan(nc, token_for(tenant))
+    await caller.ok("goal.add", {"care_plan_id": plan_id, "description": {"text": "g"}})
+    await caller.ok("activity.add", {"care_plan_id": plan_id, "description": "t"})
+    await caller.ok("careteam.add_member", {"care_plan_id": plan_id, "member_id": "m", "role": {"text": "r"}})
     runtime = create_engine(database.runtime, pool_size=1)
     admin = create_engine(database.admin, pool_size=1)
     try:
