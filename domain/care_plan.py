@@ -105,6 +105,11 @@ class CarePlanAggregate:
         """Resources with a new version, in the order they changed: what storage must write."""
         return [(resource_type, resource) for (resource_type, _), resource in self._changed.items()]
 
+    def mark_stored(self) -> None:
+        """The changes so far are stored: the next command starts new versions (one per resource)."""
+        self._changed.clear()
+        self.events.clear()
+
     def goal(self, goal_id: str) -> Goal:
         try:
             return self.goals[goal_id]

@@ -19,6 +19,8 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from domain.errors import Unavailable
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, IncomingCommand, error_reply
+from handlers.ports import TokenVerifier
+from handlers.queries import QUERY_SUBJECT, OutcomeReader, command_outcome
 from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,23 @@ def register_command_consumer(
     )
     async def on_command(msg: NatsMessageParam) -> None:
         await handle_delivery(broker, processor, policy, msg)
+
+
+def register_outcome_query(broker: NatsBroker, verifier: TokenVerifier, read_outcome: OutcomeReader) -> None:
+    """`careplan.query.command` (core NATS request-reply, a queue group so replicas share the load)."""
+
+    @broker.subscriber(
+        QUERY_SUBJECT,
+        queue="careplan-query",
+        title=QUERY_SUBJECT,
+        description="A command's stored outcome: request {command_id} with the same JWT header.",
+    )
+    async def on_query(msg: NatsMessageParam) -> bytes:
+        raw = msg.raw_message
+        reply = await command_outcome(
+            raw.data or b"", dict(raw.headers or {}), verifier=verifier, read_outcome=read_outcome
+        )
+        return orjson.dumps(reply.to_wire())
 
 
 async def handle_delivery(

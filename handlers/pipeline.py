@@ -73,7 +73,7 @@ class CommandProcessor:
                     f"body is {len(incoming.body)} bytes; the limit is {MAX_BODY_BYTES}",
                     {"limit_bytes": MAX_BODY_BYTES},
                 )
-            principal = await self._authenticate(incoming.headers)
+            principal = await authenticate_headers(self._verifier, incoming.headers)
             spec = COMMANDS.get(incoming.command_name)
             if spec is None:
                 raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {incoming.command_name!r}")
@@ -91,16 +91,6 @@ class CommandProcessor:
         except InvalidFhirResource:
             log.exception("rendered FHIR failed validation", extra={"command_id": command_id})
             return error_reply(command_id, Rejection(ErrorCode.INTERNAL, "internal error"))
-
-    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
-        authorization = headers.get("Authorization") or headers.get("authorization") or ""
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Rejection(ErrorCode.UNAUTHENTICATED, "an `Authorization: Bearer <JWT>` header is required")
-        try:
-            return await self._verifier.verify(token.strip())
-        except AuthenticationFailed as exc:
-            raise Rejection(ErrorCode.UNAUTHENTICATED, str(exc)) from exc
 
     async def _execute_once(
         self,
@@ -155,6 +145,18 @@ class CommandProcessor:
             )
             await uow.commit()
             return reply
+
+
+async def authenticate_headers(verifier: TokenVerifier, headers: Mapping[str, str]) -> Principal:
+    """The principal of a NATS message's `Authorization: Bearer <JWT>` header, or UNAUTHENTICATED."""
+    authorization = headers.get("Authorization") or headers.get("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Rejection(ErrorCode.UNAUTHENTICATED, "an `Authorization: Bearer <JWT>` header is required")
+    try:
+        return await verifier.verify(token.strip())
+    except AuthenticationFailed as exc:
+        raise Rejection(ErrorCode.UNAUTHENTICATED, str(exc)) from exc
 
 
 def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:

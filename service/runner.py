@@ -21,7 +21,13 @@ from nats.errors import MaxPayloadError
 from nats.js.errors import NoStreamResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DeliveryPolicy, register_command_consumer
+from handlers.nats_consumer import (
+    COMMAND_CONSUMER,
+    COMMAND_STREAM,
+    DeliveryPolicy,
+    register_command_consumer,
+    register_outcome_query,
+)
 from handlers.pipeline import CommandProcessor
 from integrations.identity import JwksSource, JwtVerifier
 from service.http import create_http_app
@@ -29,7 +35,7 @@ from service.settings import Settings
 from service.topology import ensure_topology
 from storage.database import create_engine
 from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
-from storage.reads import ping, runtime_role_problem
+from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.unit_of_work import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -123,6 +129,11 @@ async def start_service(settings: Settings) -> RunningService:
         settings.nats_servers(), graceful_timeout=settings.ack_wait_s, max_reconnect_attempts=-1, logger=log
     )
     register_command_consumer(broker, processor, policy)
+    register_outcome_query(
+        broker,
+        verifier,
+        lambda tenant_id, command_id: read_command_outcome(runtime_engine, tenant_id, command_id),
+    )
 
     async def readiness() -> dict[str, bool]:
         checks = {"database": True, "nats": broker_connected(broker) and nc.is_connected, "consumer": True}

@@ -199,3 +199,28 @@ async def test_health_and_readiness(service: RunningService) -> None:
         async with http.get(f"{service.http_url}/readyz") as response:
             assert response.status == 200
             assert (await response.json())["checks"] == {"database": True, "nats": True, "consumer": True}
+
+
+async def test_outcome_can_be_asked_for_later_over_nats(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    token = token_for(tenant)
+    body = envelope(CARE_PLAN)
+    reply = await send_command(nc, "careplan.create", body, token=token)
+
+    async def ask(payload: bytes, bearer: str | None) -> dict[str, object]:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        answer = await nc.request("careplan.query.command", payload, timeout=5, headers=headers)
+        result: dict[str, object] = orjson.loads(answer.data)
+        return result
+
+    query = orjson.dumps({"command_id": body["command_id"]})
+    assert await ask(query, token) == reply
+    foreign = await ask(query, token_for(f"{tenant}x"))
+    assert foreign["status"] == 404
+    unknown = await ask(orjson.dumps({"command_id": str(uuid.uuid4())}), token)
+    assert unknown["status"] == 404
+    malformed = await ask(b"{", token)
+    assert malformed["error"]["code"] == "VALIDATION_ERROR"  # type: ignore[index]
+    anonymous = await ask(query, None)
+    assert anonymous["error"]["code"] == "UNAUTHENTICATED"  # type: ignore[index]

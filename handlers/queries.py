@@ -1,0 +1,42 @@
+"""Asking for a command's outcome later (CONTRACT §2): the same answer the caller got, or would have got."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from handlers.errors import ErrorCode, Rejection
+from handlers.pipeline import authenticate_headers, error_reply
+from handlers.ports import TokenVerifier
+from schemas.replies import Reply
+
+QUERY_SUBJECT = "careplan.query.command"
+OutcomeReader = Callable[[str, uuid.UUID], Awaitable[dict[str, Any] | None]]  # (tenant, command id) → outcome
+
+
+async def command_outcome(
+    body: bytes, headers: Mapping[str, str], *, verifier: TokenVerifier, read_outcome: OutcomeReader
+) -> Reply:
+    """`{"command_id": …}` with the caller's JWT → the stored reply; another tenant's id is NOT_FOUND."""
+    command_id: str | None = None
+    try:
+        principal = await authenticate_headers(verifier, headers)
+        try:
+            request = orjson.loads(body)
+            command_id = str(request["command_id"])
+            parsed = uuid.UUID(command_id)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise Rejection(
+                ErrorCode.VALIDATION_ERROR,
+                'the body must be {"command_id": "<uuid>"}',
+                {"errors": [{"path": "command_id", "message": str(exc)}]},
+            ) from exc
+        outcome = await read_outcome(principal.tenant_id, parsed)
+        if outcome is None:
+            raise Rejection(ErrorCode.NOT_FOUND, f"no command {command_id}")
+        return Reply.model_validate(outcome)
+    except Rejection as rejection:
+        return error_reply(command_id, rejection)
