@@ -111,6 +111,7 @@ async def start_service(settings: Settings) -> RunningService:
         unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
         clock=utc_now,
         new_id=uuid.uuid4,
+        role_permissions=settings.role_table(),
     )
 
     nc = await nats.connect(servers=settings.nats_servers(), name="careplan-relay", max_reconnect_attempts=-1)

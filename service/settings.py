@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.access import ALL_WRITES, DEFAULT_ROLE_PERMISSIONS
 
 
 class Settings(BaseSettings):
@@ -41,8 +45,31 @@ class Settings(BaseSettings):
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, description="outbox polling when no NOTIFY arrives"
     )
+    role_permissions: dict[str, list[str]] | None = Field(
+        default=None,
+        description='JSON {"role": ["careplan:write", …]} replacing the default role table',
+    )
     log_level: str = Field(default="INFO", description="log level")
     dev_dir: str = Field(default=".careplan-dev", description="where `careplan dev` keeps its data")
+
+    @field_validator("role_permissions", mode="before")
+    @classmethod
+    def _role_permissions_json(cls, value: object) -> object:
+        """From a flag the table arrives as JSON text; from the environment pydantic-settings decodes it."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("role_permissions")
+    @classmethod
+    def _known_permissions(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        unknown = {p for permissions in (value or {}).values() for p in permissions} - ALL_WRITES
+        if unknown:
+            raise ValueError(f"unknown permissions {sorted(unknown)}; known: {sorted(ALL_WRITES)}")
+        return value
+
+    def role_table(self) -> Mapping[str, frozenset[str]]:
+        if self.role_permissions is None:
+            return DEFAULT_ROLE_PERMISSIONS
+        return {role: frozenset(permissions) for role, permissions in self.role_permissions.items()}
 
     def nats_servers(self) -> list[str]:
         return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]

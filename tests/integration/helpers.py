@@ -31,6 +31,21 @@ async def last_event(nc: NatsClient, stream: str, subject: str, timeout: float =
             await asyncio.sleep(0.05)
 
 
+async def event_caused_by(
+    nc: NatsClient, stream: str, subject: str, command_id: str, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The newest message on `subject` once it is the one `command_id` caused (earlier commands may have
+    published on the same subject, and the relay publishes after the reply)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        event = await last_event(nc, stream, subject, timeout)
+        if event.get("causationid") == command_id:
+            return event
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no event on {subject} caused by {command_id} within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
 async def count_messages(nc: NatsClient, stream: str, subject: str) -> int:
     info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())

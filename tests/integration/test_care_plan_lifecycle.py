@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 from service.runner import RunningService
 from tests.conftest import TokenFactory
 from tests.integration.commands import Caller
-from tests.integration.helpers import CARE_PLAN, last_event
+from tests.integration.helpers import CARE_PLAN, event_caused_by, last_event
 
 SNOMED = "http://snomed.info/sct"
 HBA1C = {"coding": [{"system": "http://loinc.org", "code": "4548-4", "display": "Hemoglobin A1c"}]}
@@ -370,3 +370,109 @@ async def test_stale_expected_version_is_a_conflict_with_the_current_version(
     assert reply["status"] == 409, reply
     assert reply["error"]["code"] == "VERSION_CONFLICT"
     assert reply["error"]["details"]["current_version"] >= 1
+
+
+EVENTS: list[tuple[str, dict[str, Any], str, str]] = [
+    # command, data, event on careplan.evt.<tenant>.<event>, resource type of the event's subject
+    (
+        "careplan.update",
+        {"care_plan_id": "{plan}", "changes": {"title": "x"}},
+        "careplan.updated",
+        "CarePlan",
+    ),
+    (
+        "careplan.change_status",
+        {"care_plan_id": "{plan}", "status": "on-hold"},
+        "careplan.status_changed",
+        "CarePlan",
+    ),
+    ("careplan.request_review", {"care_plan_id": "{plan}"}, "careplan.review_requested", "CarePlan"),
+    (
+        "careplan.complete_review",
+        {"care_plan_id": "{plan}", "outcome": "revise"},
+        "careplan.reviewed",
+        "CarePlan",
+    ),
+    ("goal.add", {"care_plan_id": "{plan}", "description": {"text": "x"}}, "goal.added", "Goal"),
+    ("goal.update", {"goal_id": "{goal}", "changes": {"notes": ["x"]}}, "goal.updated", "Goal"),
+    (
+        "goal.change_status",
+        {"goal_id": "{goal}", "lifecycle_status": "active"},
+        "goal.status_changed",
+        "Goal",
+    ),
+    ("activity.add", {"care_plan_id": "{plan}", "description": "x"}, "activity.added", "Task"),
+    ("activity.assign", {"activity_id": "{task}", "owner_id": "n"}, "activity.assigned", "Task"),
+    (
+        "activity.change_status",
+        {"activity_id": "{task}", "status": "ready"},
+        "activity.status_changed",
+        "Task",
+    ),
+    (
+        "careteam.add_member",
+        {"care_plan_id": "{plan}", "member_id": "m2", "role": {"text": "r"}},
+        "careteam.member_added",
+        "CareTeam",
+    ),
+    (
+        "careteam.update_member",
+        {"care_plan_id": "{plan}", "member_id": "m", "changes": {"role": {"text": "x"}}},
+        "careteam.member_updated",
+        "CareTeam",
+    ),
+    (
+        "careteam.remove_member",
+        {"care_plan_id": "{plan}", "member_id": "m"},
+        "careteam.member_removed",
+        "CareTeam",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "template", "event_name", "resource_type"), EVENTS, ids=[e[0] for e in EVENTS]
+)
+async def test_each_command_publishes_its_event_and_audit(
+    caller: Caller,
+    nc: NatsClient,
+    tenant: str,
+    command: str,
+    template: dict[str, Any],
+    event_name: str,
+    resource_type: str,
+) -> None:
+    plan = await caller.ok("careplan.create", CARE_PLAN)
+    goal = await caller.ok(
+        "goal.add", {"care_plan_id": plan["id"], "description": {"text": "g"}, "lifecycle_status": "proposed"}
+    )
+    task = await caller.ok("activity.add", {"care_plan_id": plan["id"], "description": "t"})
+    team = await caller.ok(
+        "careteam.add_member", {"care_plan_id": plan["id"], "member_id": "m", "role": {"text": "r"}}
+    )
+    current = {"CarePlan": 4, "Goal": goal["version"], "Task": task["version"], "CareTeam": team["version"]}
+    ids = {"{plan}": plan["id"], "{goal}": goal["id"], "{task}": task["id"]}
+    data = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
+    target_type = {"careplan": "CarePlan", "goal": "Goal", "activity": "Task", "careteam": "CareTeam"}[
+        command.split(".")[0]
+    ]
+    version = None if command in ("goal.add", "activity.add", "careteam.add_member") else current[target_type]
+    if command == "careplan.complete_review":
+        version = (await caller.ok("careplan.request_review", {"care_plan_id": plan["id"]}, version))[
+            "version"
+        ]
+
+    reply = await caller.send(command, data, version)
+
+    assert reply["ok"] is True, reply
+    event = await event_caused_by(
+        nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.{event_name}", reply["command_id"]
+    )
+    assert event["type"] == f"careplan.{event_name}"
+    assert event["subject"].startswith(f"{resource_type}/")
+    assert event["data"]["resource"]["resourceType"] == resource_type
+    assert event["resourceversion"] == int(event["data"]["resource"]["meta"]["versionId"])
+    audit = await event_caused_by(nc, "CAREPLAN_AUDIT", f"careplan.audit.{tenant}", reply["command_id"])
+    assert f"{event['subject']}/_history/{event['resourceversion']}" in {
+        t["reference"] for t in audit["data"]["target"]
+    }

@@ -230,3 +230,19 @@ async def test_body_over_256_kib_is_payload_too_large(
     assert reply["status"] == 413
     assert reply["error"]["code"] == "PAYLOAD_TOO_LARGE"
     await assert_nothing_written(admin_engine, tenant)
+
+
+async def test_a_one_mib_body_never_reaches_the_worker_and_the_worker_goes_on(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    # The stream refuses it (max_msg_size 512 KiB, under NATS's own 1 MiB payload limit) ...
+    with pytest.raises(Exception) as refused:  # noqa: PT011 (the server or the client says no, in its own words)
+        await nc.jetstream().publish(
+            "careplan.cmd.careplan.create",
+            b"{" + b" " * (1024 * 1024) + b"}",
+            headers={"Authorization": f"Bearer {token_for(tenant)}"},
+        )
+    assert "maximum" in str(refused.value).lower() or "payload" in str(refused.value).lower()
+    # ... and the next command is served as usual.
+    reply = await send_command(nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant))
+    assert reply["ok"] is True
