@@ -288,53 +288,7 @@ async def test_eight_concurrent_updates_with_one_version_one_wins(caller: Caller
     assert (await caller.read("CarePlan", plan["id"]))["meta"]["versionId"] == "2"
 
 
-COMMANDS_ON_MISSING: list[tuple[str, dict[str, Any]]] = [
-    ("careplan.update", {"care_plan_id": "{plan}", "changes": {"title": "x"}}),
-    ("careplan.change_status", {"care_plan_id": "{plan}", "status": "active"}),
-    ("careplan.request_review", {"care_plan_id": "{plan}"}),
-    ("careplan.complete_review", {"care_plan_id": "{plan}", "outcome": "continue"}),
-    ("goal.add", {"care_plan_id": "{plan}", "description": {"text": "x"}}),
-    ("goal.update", {"goal_id": "{goal}", "changes": {"notes": ["x"]}}),
-    ("goal.change_status", {"goal_id": "{goal}", "lifecycle_status": "active"}),
-    ("activity.add", {"care_plan_id": "{plan}", "description": "x"}),
-    ("activity.assign", {"activity_id": "{task}", "owner_id": "n"}),
-    ("activity.change_status", {"activity_id": "{task}", "status": "ready"}),
-    ("careteam.add_member", {"care_plan_id": "{plan}", "member_id": "m", "role": {"text": "r"}}),
-    ("careteam.update_member", {"care_plan_id": "{plan}", "member_id": "m", "changes": {}}),
-    ("careteam.remove_member", {"care_plan_id": "{plan}", "member_id": "m"}),
-]
-
-
-@pytest.mark.parametrize(
-    ("command", "template"), COMMANDS_ON_MISSING, ids=[c for c, _ in COMMANDS_ON_MISSING]
-)
-async def test_another_tenants_ids_are_not_found(
-    service: RunningService,
-    nc: NatsClient,
-    tenant: str,
-    token_for: TokenFactory,
-    command: str,
-    template: dict[str, Any],
-) -> None:
-    # Given a plan with a goal and a task in tenant A
-    owner = Caller(nc, service.http_url, token_for(tenant))
-    plan = await owner.ok("careplan.create", CARE_PLAN)
-    goal = await owner.ok("goal.add", {"care_plan_id": plan["id"], "description": {"text": "g"}})
-    task = await owner.ok("activity.add", {"care_plan_id": plan["id"], "description": "t"})
-    await owner.ok(
-        "careteam.add_member", {"care_plan_id": plan["id"], "member_id": "m", "role": {"text": "r"}}
-    )
-    ids = {"{plan}": plan["id"], "{goal}": goal["id"], "{task}": task["id"]}
-    data = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
-    # When tenant B sends the command with A's ids
-    intruder = Caller(nc, service.http_url, token_for(f"{tenant}b"))
-    reply = await intruder.send(command, data, version=1)
-    # Then it is NOT_FOUND, exactly like an id that exists nowhere
-    assert reply["status"] == 404, reply
-    assert reply["error"]["code"] == "NOT_FOUND"
-
-
-VERSIONED: list[tuple[str, dict[str, Any]]] = [
+EVERY_COMMAND: list[tuple[str, dict[str, Any]]] = [
     ("careplan.update", {"care_plan_id": "{plan}", "changes": {"title": "x"}}),
     ("careplan.change_status", {"care_plan_id": "{plan}", "status": "on-hold"}),
     ("careplan.request_review", {"care_plan_id": "{plan}"}),
@@ -354,19 +308,46 @@ VERSIONED: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("command", "template"), VERSIONED, ids=[c for c, _ in VERSIONED])
-async def test_stale_expected_version_is_a_conflict_with_the_current_version(
-    caller: Caller, command: str, template: dict[str, Any]
-) -> None:
+async def seed_plan(caller: Caller) -> dict[str, str]:
+    """A plan with a goal, an activity and a one-member team: something for every command to act on."""
     plan = await caller.ok("careplan.create", CARE_PLAN)
     goal = await caller.ok("goal.add", {"care_plan_id": plan["id"], "description": {"text": "g"}})
     task = await caller.ok("activity.add", {"care_plan_id": plan["id"], "description": "t"})
     await caller.ok(
         "careteam.add_member", {"care_plan_id": plan["id"], "member_id": "m", "role": {"text": "r"}}
     )
-    ids = {"{plan}": plan["id"], "{goal}": goal["id"], "{task}": task["id"]}
-    data = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
-    reply = await caller.send(command, data, version=99)
+    return {"{plan}": plan["id"], "{goal}": goal["id"], "{task}": task["id"]}
+
+
+def fill(template: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+    return {k: ids.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
+
+
+@pytest.mark.parametrize(("command", "template"), EVERY_COMMAND, ids=[c for c, _ in EVERY_COMMAND])
+async def test_another_tenants_ids_are_not_found(
+    service: RunningService,
+    nc: NatsClient,
+    tenant: str,
+    token_for: TokenFactory,
+    command: str,
+    template: dict[str, Any],
+) -> None:
+    # Given a plan with a goal, a task and a team in tenant A
+    ids = await seed_plan(Caller(nc, service.http_url, token_for(tenant)))
+    # When tenant B sends the command with A's ids
+    intruder = Caller(nc, service.http_url, token_for(f"{tenant}b"))
+    reply = await intruder.send(command, fill(template, ids), version=1)
+    # Then it is NOT_FOUND, exactly like an id that exists nowhere
+    assert reply["status"] == 404, reply
+    assert reply["error"]["code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(("command", "template"), EVERY_COMMAND, ids=[c for c, _ in EVERY_COMMAND])
+async def test_stale_expected_version_is_a_conflict_with_the_current_version(
+    caller: Caller, command: str, template: dict[str, Any]
+) -> None:
+    ids = await seed_plan(caller)
+    reply = await caller.send(command, fill(template, ids), version=99)
     assert reply["status"] == 409, reply
     assert reply["error"]["code"] == "VERSION_CONFLICT"
     assert reply["error"]["details"]["current_version"] >= 1
@@ -442,25 +423,16 @@ async def test_each_command_publishes_its_event_and_audit(
     event_name: str,
     resource_type: str,
 ) -> None:
-    plan = await caller.ok("careplan.create", CARE_PLAN)
-    goal = await caller.ok(
-        "goal.add", {"care_plan_id": plan["id"], "description": {"text": "g"}, "lifecycle_status": "proposed"}
-    )
-    task = await caller.ok("activity.add", {"care_plan_id": plan["id"], "description": "t"})
-    team = await caller.ok(
-        "careteam.add_member", {"care_plan_id": plan["id"], "member_id": "m", "role": {"text": "r"}}
-    )
-    current = {"CarePlan": 4, "Goal": goal["version"], "Task": task["version"], "CareTeam": team["version"]}
-    ids = {"{plan}": plan["id"], "{goal}": goal["id"], "{task}": task["id"]}
-    data = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
+    ids = await seed_plan(caller)
+    current = {"CarePlan": 4, "Goal": 1, "Task": 1, "CareTeam": 1}  # after seed_plan
+    data = fill(template, ids)
     target_type = {"careplan": "CarePlan", "goal": "Goal", "activity": "Task", "careteam": "CareTeam"}[
         command.split(".")[0]
     ]
     version = None if command in ("goal.add", "activity.add", "careteam.add_member") else current[target_type]
     if command == "careplan.complete_review":
-        version = (await caller.ok("careplan.request_review", {"care_plan_id": plan["id"]}, version))[
-            "version"
-        ]
+        requested = await caller.ok("careplan.request_review", {"care_plan_id": ids["{plan}"]}, version)
+        version = requested["version"]
 
     reply = await caller.send(command, data, version)
 
