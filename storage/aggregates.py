@@ -14,6 +14,7 @@ from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
 from handlers.ports import ResourceVersion
 from storage import tables
+from storage.search_index import reindex
 
 _STATE: dict[str, TypeAdapter[Any]] = {
     "CarePlan": TypeAdapter(CarePlan),
@@ -110,6 +111,7 @@ async def save_versions(
         result = await conn.execute(statement)
         if result.rowcount != 1:
             raise RuntimeError(f"{resource_type}/{entity.id} was not at version {entity.version - 1}")
+    await reindex(conn, tenant_id, [v.resource for v in versions])
 
 
 def _columns(entity: Versioned) -> dict[str, Any]:

@@ -27,6 +27,10 @@ RUNTIME_GRANTS: dict[str, str] = {
     "provenance": "SELECT, INSERT",
     "command_log": "SELECT, INSERT",
     "outbox": "INSERT",
+    "search_token": "SELECT, INSERT, DELETE",
+    "search_reference": "SELECT, INSERT, DELETE",
+    "search_date": "SELECT, INSERT, DELETE",
+    "search_string": "SELECT, INSERT, DELETE",
 }
 SYSTEM_GRANTS: dict[str, str] = {
     "outbox": "SELECT, UPDATE, DELETE",

@@ -149,6 +149,48 @@ outbox = Table(
     ),
 )
 
+# The search index (storage.search_index writes it, fhir_read's queries read it).
+search_token = Table(
+    "search_token",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("param", Text, nullable=False),
+    Column("system", Text),
+    Column("code", Text),
+    Column("display", Text),
+)
+search_reference = Table(
+    "search_reference",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("param", Text, nullable=False),
+    Column("ref_type", Text),
+    Column("ref_id", Text),
+)
+search_date = Table(
+    "search_date",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("param", Text, nullable=False),
+    Column("low", DateTime(timezone=True), nullable=False),
+    Column("high", DateTime(timezone=True), nullable=False),
+)
+search_string = Table(
+    "search_string",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("param", Text, nullable=False),
+    Column("value", Text, nullable=False),
+)
+
 TENANT_TABLES: tuple[str, ...] = (
     "care_plans",
     "goals",
@@ -158,4 +200,8 @@ TENANT_TABLES: tuple[str, ...] = (
     "provenance",
     "command_log",
     "outbox",
+    "search_token",
+    "search_reference",
+    "search_date",
+    "search_string",
 )

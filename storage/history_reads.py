@@ -1,0 +1,219 @@
+"""Read queries for vread, `_history` and the audit Provenance (CONTRACT §6): stored FHIR JSON as text,
+keyset-paged, always inside a tenant-bound transaction so RLS applies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.reads import HIDDEN_FROM_PATIENTS, StoredResource, tenant_transaction
+from storage.tables import care_plans, provenance, resource_history
+
+# Where each type names its patient: history rows have no patient column, so patient tokens filter on JSON.
+PATIENT_ELEMENT = {"CarePlan": "subject", "Goal": "subject", "Task": "for", "CareTeam": "subject"}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryKey:
+    """A version's place in history order (newest first): what a `_history` cursor carries."""
+
+    last_updated: datetime
+    resource_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryVersion:
+    resource_id: str
+    version: int
+    last_updated: datetime
+    json_text: str
+
+    @property
+    def key(self) -> HistoryKey:
+        return HistoryKey(self.last_updated, self.resource_id, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRange:
+    """`start <= recorded < end`, either side open: one value of a `recorded` search parameter."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceQuery:
+    """Each tuple is one search parameter's comma list (OR); the tuples of a field are ANDed."""
+
+    targets: tuple[tuple[str, ...], ...] = ()  # "Type/id"
+    patients: tuple[tuple[str, ...], ...] = ()
+    recorded: tuple[tuple[RecordedRange, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceKey:
+    """A Provenance's place in search order (recorded, then id): what a search cursor carries."""
+
+    recorded: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceRecord:
+    id: str
+    recorded: datetime
+    json_text: str
+
+    @property
+    def key(self) -> ProvenanceKey:
+        return ProvenanceKey(self.recorded, self.id)
+
+
+def _visible_versions(tenant_id: str, resource_type: str, patient_id: str | None) -> list[ColumnElement[bool]]:
+    """A patient sees versions about themselves only, and no draft or void CarePlan version; nor any version
+    of a plan that is now entered-in-error, since such a plan never should have existed."""
+    h = resource_history.c
+    conditions: list[ColumnElement[bool]] = [h.tenant_id == tenant_id, h.resource_type == resource_type]
+    if patient_id is not None:
+        reference = h.resource[PATIENT_ELEMENT[resource_type]]["reference"].astext
+        conditions.append(reference == f"Patient/{patient_id}")
+        if resource_type == "CarePlan":
+            conditions.append(h.resource["status"].astext.not_in(HIDDEN_FROM_PATIENTS))
+            voided = exists().where(
+                care_plans.c.tenant_id == h.tenant_id,
+                care_plans.c.id == h.resource_id,
+                care_plans.c.status == "entered-in-error",
+            )
+            conditions.append(~voided)
+    return conditions
+
+
+async def read_version(
+    engine: AsyncEngine,
+    tenant_id: str,
+    resource_type: str,
+    resource_id: str,
+    version: int,
+    *,
+    patient_id: str | None = None,
+) -> StoredResource | None:
+    """One stored version (vread), or None when unknown or hidden from this caller."""
+    h = resource_history.c
+    query = select(h.version, h.last_updated, cast(h.resource, Text)).where(
+        *_visible_versions(tenant_id, resource_type, patient_id), h.resource_id == resource_id, h.version == version
+    )
+    async with tenant_transaction(engine, tenant_id) as conn:
+        row = (await conn.execute(query)).one_or_none()
+    return None if row is None else StoredResource(row[0], row[1], row[2])
+
+
+async def read_history(
+    engine: AsyncEngine,
+    tenant_id: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    since: datetime | None,
+    after: HistoryKey | None,
+    limit: int,
+    patient_id: str | None = None,
+) -> list[HistoryVersion] | None:
+    """Up to `limit` versions newest first (of one resource, or of the whole type when `resource_id` is
+    None), strictly after `after`. None when the one resource has no version this caller may see, so an
+    instance history of an unknown id is a 404 rather than an empty Bundle."""
+    h = resource_history.c
+    conditions = _visible_versions(tenant_id, resource_type, patient_id)
+    if resource_id is not None:
+        conditions.append(h.resource_id == resource_id)
+    page = conditions.copy()
+    if since is not None:
+        page.append(h.last_updated >= since)
+    if after is not None:
+        # The order mixes directions (time and version down, id up), so no row comparison: spelled out,
+        # with the plain bound first so an index on last_updated can range-scan.
+        page.append(h.last_updated <= after.last_updated)
+        page.append(
+            or_(
+                h.last_updated < after.last_updated,
+                h.resource_id > after.resource_id,
+                and_(h.resource_id == after.resource_id, h.version < after.version),
+            )
+        )
+    query = (
+        select(h.resource_id, h.version, h.last_updated, cast(h.resource, Text))
+        .where(*page)
+        .order_by(h.last_updated.desc(), h.resource_id, h.version.desc())
+        .limit(limit)
+    )
+    async with tenant_transaction(engine, tenant_id) as conn:
+        rows = (await conn.execute(query)).all()
+        if not rows and resource_id is not None and not await conn.scalar(select(exists().where(*conditions))):
+            return None
+    return [HistoryVersion(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def _visible_provenance(tenant_id: str, patient_id: str | None) -> list[ColumnElement[bool]]:
+    p = provenance.c
+    conditions: list[ColumnElement[bool]] = [p.tenant_id == tenant_id]
+    if patient_id is not None:
+        conditions.append(p.patient_id == patient_id)
+    return conditions
+
+
+async def read_provenance(
+    engine: AsyncEngine, tenant_id: str, provenance_id: str, *, patient_id: str | None = None
+) -> StoredResource | None:
+    """One audit Provenance; it is never revised, so it is always version 1 as of `recorded`."""
+    p = provenance.c
+    query = select(p.recorded, cast(p.resource, Text)).where(
+        *_visible_provenance(tenant_id, patient_id), p.id == provenance_id
+    )
+    async with tenant_transaction(engine, tenant_id) as conn:
+        row = (await conn.execute(query)).one_or_none()
+    return None if row is None else StoredResource(1, row[0], row[1])
+
+
+def _recorded_in(ranges: tuple[RecordedRange, ...]) -> ColumnElement[bool]:
+    p = provenance.c
+    alternatives: list[ColumnElement[bool]] = []
+    for r in ranges:
+        bounds = [p.recorded >= r.start] if r.start is not None else []
+        if r.end is not None:
+            bounds.append(p.recorded < r.end)
+        alternatives.append(and_(*bounds) if bounds else p.recorded.is_not(None))
+    return or_(*alternatives)
+
+
+async def search_provenance(
+    engine: AsyncEngine,
+    tenant_id: str,
+    search: ProvenanceQuery,
+    *,
+    after: ProvenanceKey | None,
+    limit: int,
+    patient_id: str | None = None,
+) -> list[ProvenanceRecord]:
+    """Up to `limit` matches in (recorded, id) order, strictly after `after`."""
+    p = provenance.c
+    conditions = _visible_provenance(tenant_id, patient_id)
+    # `&&` on the GIN-indexed array: any of the comma-listed targets.
+    conditions += [p.targets.overlap(list(any_of)) for any_of in search.targets]
+    conditions += [p.patient_id.in_(any_of) for any_of in search.patients]
+    conditions += [_recorded_in(any_of) for any_of in search.recorded]
+    if after is not None:
+        conditions.append(
+            or_(p.recorded > after.recorded, and_(p.recorded == after.recorded, p.id > after.id))
+        )
+    query = (
+        select(p.id, p.recorded, cast(p.resource, Text))
+        .where(*conditions)
+        .order_by(p.recorded, p.id)
+        .limit(limit)
+    )
+    async with tenant_transaction(engine, tenant_id) as conn:
+        rows = (await conn.execute(query)).all()
+    return [ProvenanceRecord(r[0], r[1], r[2]) for r in rows]
