@@ -14,6 +14,7 @@ from domain.errors import Unavailable
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
+from fhir_read.search import add_search_routes
 from handlers.ports import TokenVerifier
 from storage.reads import read_command_outcome
 
@@ -26,13 +27,19 @@ _READINESS: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
 
 
 def create_http_app(
-    engine: AsyncEngine, verifier: TokenVerifier, readiness: ReadinessCheck
+    engine: AsyncEngine,
+    verifier: TokenVerifier,
+    readiness: ReadinessCheck,
+    *,
+    cursor_secret: bytes | None = None,
+    public_base_url: str | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors_as_documents], client_max_size=1024 * 1024)
     app[_ENGINE] = engine
     app[_VERIFIER] = verifier
     app[_READINESS] = readiness
     add_fhir_routes(app, engine, verifier)
+    add_search_routes(app, cursor_secret=cursor_secret, public_base_url=public_base_url)
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -148,7 +148,13 @@ async def start_service(settings: Settings) -> RunningService:
             checks["consumer"] = False
         return checks
 
-    app = create_http_app(runtime_engine, verifier, readiness)
+    app = create_http_app(
+        runtime_engine,
+        verifier,
+        readiness,
+        cursor_secret=settings.cursor_secret.encode() if settings.cursor_secret else None,
+        public_base_url=settings.public_base_url,
+    )
     http_runner = web.AppRunner(app, access_log=None)
     await http_runner.setup()
     site = web.TCPSite(http_runner, settings.http_host, settings.http_port)

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=None,
         description='JSON {"role": ["careplan:write", …]} replacing the default role table',
     )
+    cursor_secret: str | None = Field(
+        default=None,
+        description="secret that signs FHIR paging cursors; share it across replicas (default: per process)",
+    )
     log_level: str = Field(default="INFO", description="log level")
     dev_dir: str = Field(default=".careplan-dev", description="where `careplan dev` keeps its data")
 

@@ -1,0 +1,156 @@
+"""`GET /fhir/{type}?…` and `POST /fhir/{type}/_search`: parse, run, page and include (CONTRACT §6)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from domain.access import Principal
+from domain.search_parameters import SEARCHABLE_TYPES
+from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.bundle import entry, outcome_entry, searchset, subset
+from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
+from fhir_read.outcome import FHIR_JSON, operation_outcome
+from fhir_read.routes import ENGINE, VERIFIER
+from fhir_read.search_query import MAX_INCLUDED, SearchError, SearchQuery, parse_search
+from storage.search_sql import Page, load_includes, load_revincludes, run_search
+
+CURSOR_SECRET = web.AppKey("cursor_secret", bytes)
+PUBLIC_BASE_URL = web.AppKey("public_base_url", str)
+
+
+def add_search_routes(
+    app: web.Application, *, cursor_secret: bytes | None, public_base_url: str | None
+) -> None:
+    """Cursors are signed with `cursor_secret`; replicas behind one gateway must share it."""
+    app[CURSOR_SECRET] = cursor_secret or os.urandom(32)
+    app[PUBLIC_BASE_URL] = (public_base_url or "").rstrip("/")
+    for resource_type in SEARCHABLE_TYPES:
+        app.router.add_get(f"/fhir/{resource_type}", search_route)
+        app.router.add_post(f"/fhir/{resource_type}/_search", search_route)
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[PUBLIC_BASE_URL]
+    return configured or f"{request.scheme}://{request.host}/fhir"
+
+
+async def search_route(request: web.Request) -> web.StreamResponse:
+    resource_type = request.path.split("/")[2]
+    try:
+        principal = await authenticate(request, request.app[VERIFIER])
+    except Unauthenticated as exc:
+        return operation_outcome(401, str(exc))
+    params = list(request.query.items())
+    if request.method == "POST":
+        if request.content_type != "application/x-www-form-urlencoded":
+            return operation_outcome(415, "POST _search takes an application/x-www-form-urlencoded body")
+        params += [(k, str(v)) for k, v in (await request.post()).items()]
+    lenient = "handling=lenient" in request.headers.get("Prefer", "").replace(" ", "")
+    try:
+        query, after = _query_and_position(request, resource_type, principal, params, lenient)
+        page = await run_search(
+            request.app[ENGINE], principal.tenant_id, query, patient_id=principal.patient_id, after=after
+        )
+        body = await _bundle(request, principal, query, page)
+    except (SearchError, CursorError) as exc:
+        return operation_outcome(400, str(exc))
+    return web.Response(body=body, content_type=FHIR_JSON)
+
+
+def _binding(principal: Principal, resource_type: str) -> dict[str, object]:
+    return {"t": principal.tenant_id, "s": principal.subject, "pt": principal.patient_id, "rt": resource_type}
+
+
+def _query_and_position(
+    request: web.Request,
+    resource_type: str,
+    principal: Principal,
+    params: list[tuple[str, str]],
+    lenient: bool,
+) -> tuple[SearchQuery, tuple[list[object], str] | None]:
+    cursors = [v for k, v in params if k == "_cursor"]
+    if not cursors:
+        return parse_search(resource_type, params, lenient=lenient), None
+    if len(params) != 1:
+        raise SearchError("_cursor carries the whole query; send it alone")
+    payload = unseal(cursors[0], request.app[CURSOR_SECRET], bound_to=_binding(principal, resource_type))
+    query = parse_search(resource_type, [(k, v) for k, v in payload["q"]], lenient=lenient)
+    return query, ([decode_value(v) for v in payload["k"]], str(payload["i"]))
+
+
+async def _bundle(request: web.Request, principal: Principal, query: SearchQuery, page: Page) -> bytes:
+    base = base_url(request)
+    resource_type = query.resource_type
+    canonical = query.canonical()
+    links = [("self", f"{base}/{resource_type}?{urlencode(canonical)}")]
+    if page.has_more and page.matches:
+        last = page.matches[-1]
+        token = seal(
+            _binding(principal, resource_type)
+            | {"q": canonical, "k": [encode_value(v) for v in last.sort_values], "i": last.resource_id},
+            request.app[CURSOR_SECRET],
+        )
+        links.append(("next", f"{base}/{resource_type}?{urlencode({'_cursor': token})}"))
+    if query.summary == "count":
+        return searchset(page.total, links, [])
+    cut = query.summary == "true" or bool(query.elements)
+    entries = [
+        entry(
+            base,
+            resource_type,
+            m.resource_id,
+            subset(m.json_text, resource_type, summary=query.summary == "true", elements=query.elements)
+            if cut
+            else m.json_text,
+            "match",
+        )
+        for m in page.matches
+    ]
+    entries += [
+        entry(base, t, i, body, "include") for t, i, body in await _included(request, principal, query, page)
+    ]
+    if query.ignored:
+        entries.append(outcome_entry(query.ignored))
+    return searchset(page.total, links, entries)
+
+
+async def _included(
+    request: web.Request, principal: Principal, query: SearchQuery, page: Page
+) -> list[tuple[str, str, str]]:
+    """`_include` (one `:iterate` level) and `_revinclude`, each branch under the same patient filter."""
+    engine, tenant, patient = request.app[ENGINE], principal.tenant_id, principal.patient_id
+    ids = [m.resource_id for m in page.matches]
+    found: dict[tuple[str, str], str] = {}
+    seen = {(query.resource_type, i) for i in ids}
+
+    def add(rows: list[tuple[str, str, str]]) -> None:
+        for t, i, body in rows:
+            if (t, i) not in seen:
+                found[(t, i)] = body
+        if len(found) > MAX_INCLUDED:
+            raise SearchError(f"more than {MAX_INCLUDED} included resources on one page: lower _count")
+
+    for include in query.includes:
+        if include.source_type == query.resource_type:
+            add(
+                await load_includes(
+                    engine, tenant, include.source_type, ids, include, patient_id=patient, limit=MAX_INCLUDED
+                )
+            )
+    for include in query.revincludes:
+        add(
+            await load_revincludes(
+                engine, tenant, query.resource_type, ids, include, patient_id=patient, limit=MAX_INCLUDED
+            )
+        )
+    for include in (i for i in query.includes if i.iterate):
+        sources = [i for (t, i) in found if t == include.source_type]
+        add(
+            await load_includes(
+                engine, tenant, include.source_type, sources, include, patient_id=patient, limit=MAX_INCLUDED
+            )
+        )
+    return [(t, i, body) for (t, i), body in found.items()]

@@ -1,0 +1,271 @@
+"""Parse FHIR search parameters (GET query or POST form) into a SearchQuery, checked against the registry.
+
+Everything the URL can say is validated here, so the SQL layer only ever sees known parameters, known
+modifiers and well-formed values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange, precision_range
+
+DEFAULT_COUNT, MAX_COUNT = 20, 200
+MAX_INCLUDED = 1000  # per page; past it the request is refused (never cut silently)
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+SUMMARY_MODES = ("true", "count", "false")
+TOTAL_MODES = ("none", "accurate", "estimate")
+# Parameters on every resource that we support, beside the type's own.
+COMMON = {"_id": TOKEN, "_lastUpdated": DATE}
+RESULT_PARAMETERS = {
+    "_count",
+    "_sort",
+    "_total",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_pretty",
+}
+# Includes across the types we serve: source type → parameter → target types we can return.
+INCLUDABLE_TARGETS = {"CarePlan", "Goal", "Task", "CareTeam"}
+
+
+class SearchError(ValueError):
+    """The request is not a search we can run: a 400 OperationOutcome with this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class DateValue:
+    prefix: str
+    span: DateRange
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    """One parameter occurrence: its values are ORed; several criteria are ANDed."""
+
+    code: str
+    type: str
+    modifier: str | None
+    values: tuple[str, ...]
+    dates: tuple[DateValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    code: str
+    type: str
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    source_type: str
+    code: str
+    target_type: str | None
+    iterate: bool = False
+
+    @property
+    def text(self) -> str:
+        return f"{self.source_type}:{self.code}" + (f":{self.target_type}" if self.target_type else "")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    resource_type: str
+    criteria: tuple[Criterion, ...] = ()
+    sort: tuple[SortKey, ...] = ()
+    count: int = DEFAULT_COUNT
+    total: str = "none"
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+    includes: tuple[Include, ...] = ()
+    revincludes: tuple[Include, ...] = ()
+    ignored: tuple[str, ...] = field(default=(), compare=False)
+
+    def canonical(self) -> list[tuple[str, str]]:
+        """The query as parameter pairs, for cursors and `self` links (stable order)."""
+        pairs: list[tuple[str, str]] = []
+        for c in self.criteria:
+            name = c.code + (f":{c.modifier}" if c.modifier else "")
+            pairs.append((name, ",".join(c.values)))
+        if self.sort:
+            pairs.append(("_sort", ",".join(("-" if s.descending else "") + s.code for s in self.sort)))
+        pairs.append(("_count", str(self.count)))
+        if self.total != "none":
+            pairs.append(("_total", self.total))
+        if self.summary:
+            pairs.append(("_summary", self.summary))
+        if self.elements:
+            pairs.append(("_elements", ",".join(self.elements)))
+        for inc in self.includes:
+            pairs.append(("_include:iterate" if inc.iterate else "_include", inc.text))
+        for inc in self.revincludes:
+            pairs.append(("_revinclude", inc.text))
+        return pairs
+
+
+def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, lenient: bool) -> SearchQuery:
+    registry = BY_TYPE[resource_type]
+    criteria: list[Criterion] = []
+    sort: list[SortKey] = []
+    count, total, summary = DEFAULT_COUNT, "none", None
+    elements: tuple[str, ...] = ()
+    includes: list[Include] = []
+    revincludes: list[Include] = []
+    ignored: list[str] = []
+    for raw_name, value in params:
+        name, _, modifier = raw_name.partition(":")
+        if name in RESULT_PARAMETERS or raw_name in ("_include:iterate", "_revinclude:iterate"):
+            match name:
+                case "_count":
+                    count = _count(value)
+                case "_sort":
+                    sort = _sort(resource_type, value)
+                case "_total":
+                    total = _one_of("_total", value, TOTAL_MODES)
+                case "_summary":
+                    summary = _one_of("_summary", value, SUMMARY_MODES)
+                    summary = None if summary == "false" else summary
+                case "_elements":
+                    elements = tuple(e.strip() for e in value.split(",") if e.strip())
+                case "_include":
+                    includes.append(_include(resource_type, value, iterate=modifier == "iterate"))
+                case "_revinclude":
+                    revincludes.append(_revinclude(resource_type, value))
+            continue
+        type_ = COMMON.get(name) or (registry[name].type if name in registry else None)
+        if type_ is None:
+            if lenient:
+                ignored.append(raw_name)
+                continue
+            raise SearchError(f"unknown search parameter {raw_name!r} for {resource_type}")
+        criteria.append(_criterion(resource_type, name, type_, modifier or None, value))
+    return SearchQuery(
+        resource_type,
+        tuple(criteria),
+        tuple(sort),
+        count,
+        total,
+        summary,
+        elements,
+        tuple(includes),
+        tuple(revincludes),
+        tuple(ignored),
+    )
+
+
+def _criterion(resource_type: str, code: str, type_: str, modifier: str | None, value: str) -> Criterion:
+    if modifier is not None:
+        allowed = (
+            ("missing", "not") if code == "_id" else ("missing",) if code == "_lastUpdated" else None
+        ) or BY_TYPE[resource_type][code].modifiers
+        if modifier not in allowed:
+            raise SearchError(
+                f"modifier :{modifier} is not supported on {code} (supported: {', '.join(allowed)})"
+            )
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise SearchError(f"{code}:missing takes true or false")
+        return Criterion(code, type_, modifier, (value,))
+    values = tuple(v.strip() for v in _split_or(value))
+    if not values or any(v == "" for v in values):
+        raise SearchError(f"{code} needs a value")
+    if type_ == DATE:
+        return Criterion(code, type_, modifier, values, tuple(_date_value(code, v) for v in values))
+    if type_ in (STRING, URI, TOKEN, REFERENCE) and any(len(v) > 512 for v in values):
+        raise SearchError(f"{code}: a value is longer than 512 characters")
+    return Criterion(code, type_, modifier, values)
+
+
+def _split_or(value: str) -> list[str]:
+    """Comma means OR; `\\,` is a literal comma."""
+    parts, current, escaped = [], [], False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _date_value(code: str, value: str) -> DateValue:
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    text = value[2:] if value[:2] in DATE_PREFIXES else value
+    try:
+        return DateValue(prefix, precision_range(text))
+    except ValueError as exc:
+        raise SearchError(f"{code}: {text!r} is not a FHIR date, dateTime or instant") from exc
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError as exc:
+        raise SearchError("_count must be a whole number") from exc
+    if count < 0:
+        raise SearchError("_count must not be negative")
+    return min(count, MAX_COUNT)
+
+
+def _sort(resource_type: str, value: str) -> list[SortKey]:
+    keys: list[SortKey] = []
+    for raw in (v.strip() for v in value.split(",")):
+        descending = raw.startswith("-")
+        code = raw.removeprefix("-")
+        type_ = COMMON.get(code) or (
+            BY_TYPE[resource_type][code].type if code in BY_TYPE[resource_type] else None
+        )
+        if type_ is None:
+            raise SearchError(f"cannot sort {resource_type} by {code!r}")
+        keys.append(SortKey(code, type_, descending))
+    return keys
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SearchError(f"{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _include(resource_type: str, value: str, *, iterate: bool) -> Include:
+    source, code, target = _include_parts(value)
+    if not iterate and source != resource_type:
+        raise SearchError(f"_include={value}: the source must be {resource_type} (or use _include:iterate)")
+    return _checked_include(value, source, code, target, iterate)
+
+
+def _revinclude(resource_type: str, value: str) -> Include:
+    source, code, target = _include_parts(value)
+    if source == "Provenance" and code == "target":
+        return Include("Provenance", "target", target)
+    include = _checked_include(value, source, code, target, False)
+    parameter = BY_TYPE[source][code]
+    if resource_type not in parameter.targets:
+        raise SearchError(f"_revinclude={value}: {source}.{code} does not point at {resource_type}")
+    return include
+
+
+def _include_parts(value: str) -> tuple[str, str, str | None]:
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise SearchError(f"{value!r} is not Type:parameter[:TargetType]")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _checked_include(value: str, source: str, code: str, target: str | None, iterate: bool) -> Include:
+    parameter = BY_TYPE.get(source, {}).get(code)
+    if parameter is None or parameter.type != REFERENCE:
+        raise SearchError(f"{value!r}: {source} has no reference parameter {code!r}")
+    if target is not None and target not in parameter.targets:
+        raise SearchError(f"{value!r}: {source}.{code} cannot point at {target}")
+    return Include(source, code, target, iterate)
