@@ -11,6 +11,7 @@ from domain.access import Principal
 from domain.search_parameters import SEARCHABLE_TYPES
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.bundle import entry, outcome_entry, searchset, subset
+from fhir_read.capability import add_capability_route
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from fhir_read.routes import ENGINE, VERIFIER
@@ -27,6 +28,7 @@ def add_search_routes(
     """Cursors are signed with `cursor_secret`; replicas behind one gateway must share it."""
     app[CURSOR_SECRET] = cursor_secret or os.urandom(32)
     app[PUBLIC_BASE_URL] = (public_base_url or "").rstrip("/")
+    add_capability_route(app)
     for resource_type in SEARCHABLE_TYPES:
         app.router.add_get(f"/fhir/{resource_type}", search_route)
         app.router.add_post(f"/fhir/{resource_type}/_search", search_route)

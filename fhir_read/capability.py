@@ -1,0 +1,129 @@
+"""`GET /fhir/metadata`: the CapabilityStatement, generated from the same registry the search code uses,
+so it lists exactly what works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from domain.search_parameters import BY_TYPE, SEARCHABLE_TYPES
+from fhir_read.outcome import FHIR_JSON
+from fhir_read.search_query import MAX_COUNT, MAX_INCLUDED
+
+SERVICE_VERSION = "0.1.0"
+US_CORE_PROFILES = {
+    "CarePlan": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan",
+    "Goal": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-goal",
+    "CareTeam": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careteam",
+}
+COMMON_PARAMETERS = [
+    {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+    {
+        "name": "_lastUpdated",
+        "type": "date",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+    },
+]
+
+
+def capability_statement() -> dict[str, Any]:
+    resources: list[dict[str, Any]] = []
+    for resource_type in SEARCHABLE_TYPES:
+        params = BY_TYPE[resource_type]
+        references = sorted(code for code, p in params.items() if p.type == "reference")
+        pointing_here = sorted(
+            f"{p.resource_type}:{p.code}"
+            for other in SEARCHABLE_TYPES
+            for p in BY_TYPE[other].values()
+            if p.type == "reference" and resource_type in p.targets
+        )
+        entry: dict[str, Any] = {
+            "type": resource_type,
+            "interaction": [
+                {"code": code}
+                for code in ("read", "vread", "history-instance", "history-type", "search-type")
+            ],
+            "versioning": "versioned",
+            "readHistory": True,
+            "updateCreate": False,
+            "conditionalRead": "full-support",
+            "searchInclude": [f"{resource_type}:{code}" for code in references],
+            "searchRevInclude": [*pointing_here, "Provenance:target"],
+            "searchParam": COMMON_PARAMETERS
+            + [
+                {"name": p.code, "type": p.type, "definition": p.definition}
+                for p in sorted(params.values(), key=lambda p: p.code)
+            ],
+        }
+        if resource_type in US_CORE_PROFILES:
+            entry["supportedProfile"] = [US_CORE_PROFILES[resource_type]]
+        if resource_type == "Task":
+            entry["documentation"] = (
+                "Care-plan activities. Task.basedOn points at the CarePlan although "
+                "CarePlan.activity.reference also lists the Task: both links are kept on purpose, "
+                "so Task?based-on= and "
+                "_revinclude=Task:based-on work."
+            )
+        resources.append(entry)
+    resources.append(
+        {
+            "type": "Provenance",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {
+                    "name": "target",
+                    "type": "reference",
+                    "definition": "http://hl7.org/fhir/SearchParameter/Provenance-target",
+                },
+                {
+                    "name": "patient",
+                    "type": "reference",
+                    "definition": "http://hl7.org/fhir/SearchParameter/Provenance-patient",
+                },
+                {
+                    "name": "recorded",
+                    "type": "date",
+                    "definition": "http://hl7.org/fhir/SearchParameter/Provenance-recorded",
+                },
+            ],
+        }
+    )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "publisher": "care-plan-service",
+        "kind": "instance",
+        "software": {"name": "care-plan-service", "version": SERVICE_VERSION},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "implementationGuide": ["http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    f"Read-only. _count defaults to 20 and is capped at {MAX_COUNT}; at most {MAX_INCLUDED} "
+                    "included resources per page (more is a 400, never a silent cut). Unknown parameters are "
+                    "refused unless the request says Prefer: handling=lenient. Patient tokens see only their "
+                    "own records, and no draft or entered-in-error CarePlans."
+                ),
+                "security": {
+                    "description": "Bearer JWT from identity-service; the tenant comes from the token."
+                },
+                "resource": resources,
+            }
+        ],
+    }
+
+
+_BODY = orjson.dumps(capability_statement())
+
+
+async def metadata_route(_: web.Request) -> web.Response:
+    return web.Response(body=_BODY, content_type=FHIR_JSON)
+
+
+def add_capability_route(app: web.Application) -> None:
+    app.router.add_get("/fhir/metadata", metadata_route)
