@@ -20,6 +20,9 @@ VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
 def add_fhir_routes(app: web.Application, engine: AsyncEngine, verifier: TokenVerifier) -> None:
     app[ENGINE] = engine
     app[VERIFIER] = verifier
+    from fhir_read.history import add_history_routes  # here: history.py imports this module's names
+
+    add_history_routes(app)
     for resource_type in READABLE_TABLES:
         app.router.add_get(f"/fhir/{resource_type}/{{id}}", read_route)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Text, and_, cast, exists, or_, select
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.reads import HIDDEN_FROM_PATIENTS, StoredResource, tenant_transaction
@@ -73,16 +73,21 @@ class ProvenanceRecord:
         return ProvenanceKey(self.recorded, self.id)
 
 
-def _visible_versions(tenant_id: str, resource_type: str, patient_id: str | None) -> list[ColumnElement[bool]]:
+def _visible_versions(
+    tenant_id: str, resource_type: str, patient_id: str | None
+) -> list[ColumnElement[bool]]:
     """A patient sees versions about themselves only, and no draft or void CarePlan version; nor any version
     of a plan that is now entered-in-error, since such a plan never should have existed."""
     h = resource_history.c
     conditions: list[ColumnElement[bool]] = [h.tenant_id == tenant_id, h.resource_type == resource_type]
     if patient_id is not None:
-        reference = h.resource[PATIENT_ELEMENT[resource_type]]["reference"].astext
+        # `resource->'subject'->>'reference'`, spelled with the operators so an expression index can serve it.
+        element = h.resource.op("->")(literal(PATIENT_ELEMENT[resource_type], Text))
+        reference = element.op("->>", return_type=Text)(literal("reference", Text))
         conditions.append(reference == f"Patient/{patient_id}")
         if resource_type == "CarePlan":
-            conditions.append(h.resource["status"].astext.not_in(HIDDEN_FROM_PATIENTS))
+            status = h.resource.op("->>", return_type=Text)(literal("status", Text))
+            conditions.append(status.not_in(HIDDEN_FROM_PATIENTS))
             voided = exists().where(
                 care_plans.c.tenant_id == h.tenant_id,
                 care_plans.c.id == h.resource_id,
@@ -104,7 +109,9 @@ async def read_version(
     """One stored version (vread), or None when unknown or hidden from this caller."""
     h = resource_history.c
     query = select(h.version, h.last_updated, cast(h.resource, Text)).where(
-        *_visible_versions(tenant_id, resource_type, patient_id), h.resource_id == resource_id, h.version == version
+        *_visible_versions(tenant_id, resource_type, patient_id),
+        h.resource_id == resource_id,
+        h.version == version,
     )
     async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(query)).one_or_none()
@@ -151,7 +158,11 @@ async def read_history(
     )
     async with tenant_transaction(engine, tenant_id) as conn:
         rows = (await conn.execute(query)).all()
-        if not rows and resource_id is not None and not await conn.scalar(select(exists().where(*conditions))):
+        if (
+            not rows
+            and resource_id is not None
+            and not await conn.scalar(select(exists().where(*conditions)))
+        ):
             return None
     return [HistoryVersion(r[0], r[1], r[2], r[3]) for r in rows]
 

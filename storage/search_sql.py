@@ -175,6 +175,9 @@ def sort_key_sql(sql: Sql, resource_type: str, key: Any) -> str:
     column = {TOKEN: "s.code", REFERENCE: "s.ref_id", DATE: "s.low", STRING: "lower(s.value)", URI: "s.value"}
     table = INDEX_OF_TYPE[key.type]
     aggregate = "max" if key.descending else "min"
+    if key.type == DATE:
+        # An open start (-infinity) sorts like a missing value, and stays exact in a cursor.
+        column[DATE] = "NULLIF(s.low, '-infinity'::timestamptz)"
     return (
         f"(SELECT {aggregate}({column[key.type]}) FROM {table} s WHERE s.tenant_id = r.tenant_id "
         f"AND s.resource_type = {sql.bind(resource_type)} AND s.resource_id = r.id "
