@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 from fhir.resources.R4B.bundle import Bundle
 from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -478,7 +478,8 @@ async def test_include_branches_apply_the_patient_and_tenant_filters(
             await conn.execute(
                 text(
                     "INSERT INTO search_reference "
-                    "(tenant_id, resource_type, resource_id, param, ref_type, ref_id) VALUES (:t, 'CarePlan', :p, :param, :rt, :rid)"
+                    "(tenant_id, resource_type, resource_id, param, ref_type, ref_id) "
+                    "VALUES (:t, 'CarePlan', :p, :param, :rt, :rid)"
                 ),
                 {
                     "t": world.tenant_a,
