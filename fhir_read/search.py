@@ -87,7 +87,8 @@ async def _bundle(request: web.Request, principal: Principal, query: SearchQuery
     base = base_url(request)
     resource_type = query.resource_type
     canonical = query.canonical()
-    links = [("self", f"{base}/{resource_type}?{urlencode(canonical)}")]
+    first = f"{base}/{resource_type}?{urlencode(canonical)}"
+    links = [("self", str(request.url) if "_cursor" in request.query else first), ("first", first)]
     if page.has_more and page.matches:
         last = page.matches[-1]
         token = seal(

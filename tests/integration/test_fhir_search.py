@@ -541,6 +541,7 @@ async def test_malformed_searches_are_400_operation_outcomes(world: World, param
 async def test_count_over_the_maximum_is_clamped(world: World) -> None:
     bundle = await world.search("CarePlan", {"_count": "5000"})
     assert "_count=200" in bundle["link"][0]["url"]
+    assert [link["relation"] for link in bundle["link"]] == ["self", "first"]
 
 
 async def test_post_search_matches_get(world: World) -> None:
