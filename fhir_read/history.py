@@ -305,30 +305,37 @@ def _date_range(value: str, name: str) -> tuple[datetime, datetime]:
     if match is None:
         raise InvalidRequest(f"{name} must be a FHIR date or instant, not {value!r}")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
+    digits = (fraction or "")[:6]
     try:
         tz = UTC
         if zone not in (None, "Z"):
             sign = -1 if zone[0] == "-" else 1
             tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        low = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), tzinfo=tz)
+        low = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int(digits.ljust(6, "0")) if digits else 0,
+            tzinfo=tz,
+        ).astimezone(UTC)  # in UTC, or it overflows now rather than in the database driver
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"{name} is not a valid date: {value!r}") from exc
+    try:
         if month is None:
             high = low.replace(year=low.year + 1)
         elif day is None:
-            high = (
-                low.replace(year=low.year + 1, month=1)
-                if low.month == 12
-                else low.replace(month=low.month + 1)
-            )
+            high = low.replace(year=low.year + (low.month == 12), month=low.month % 12 + 1)
         elif hour is None:
             high = low + timedelta(days=1)
         elif second is None:
             high = low + timedelta(minutes=1)
         else:
-            digits = (fraction or "")[:6]
-            low = low.replace(second=int(second), microsecond=int(digits.ljust(6, "0")) if digits else 0)
             high = low + timedelta(microseconds=10 ** (6 - len(digits)))
-    except (ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"{name} is not a valid date: {value!r}") from exc
+    except (ValueError, OverflowError):  # the end of year 9999
+        high = datetime.max.replace(tzinfo=UTC)
     return low, high
 
 

@@ -23,7 +23,9 @@ def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
 
 def typed_ids(bundle: dict[str, Any], mode: str) -> set[str]:
     return {
-        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle.get("entry", []) if e["search"]["mode"] == mode
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle.get("entry", [])
+        if e["search"]["mode"] == mode
     }
 
 
