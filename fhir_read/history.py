@@ -20,7 +20,7 @@ from fhir_read.bundle import entry, outcome_entry, searchset
 from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from fhir_read.routes import ENGINE, VERIFIER, conditional_resource_response
-from fhir_read.search import CURSOR_SECRET, base_url
+from fhir_read.search import CURSOR_SECRET, base_url, prefers_lenient
 from storage.history_reads import (
     HistoryKey,
     ProvenanceKey,
@@ -227,7 +227,7 @@ class _Params:
         for name, value in request.query.items():
             if name in filters or name in _PAGING:
                 known.append((name, value))
-            elif _prefers_lenient(request):
+            elif prefers_lenient(request):
                 ignored.append(name)
             else:
                 raise InvalidRequest(f"unknown parameter {name}")
@@ -245,13 +245,6 @@ class _Params:
     @property
     def filters(self) -> list[tuple[str, str]]:
         return [(n, v) for n, v in self.known if n not in _PAGING]
-
-
-def _prefers_lenient(request: web.Request) -> bool:
-    preferences = (
-        p.strip().replace(" ", "") for h in request.headers.getall("Prefer", []) for p in h.split(",")
-    )
-    return "handling=lenient" in {p.split(";")[0].lower() for p in preferences}
 
 
 def _count(params: _Params) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
@@ -13,6 +14,7 @@ from fhir_read.outcome import FHIR_JSON, operation_outcome
 from handlers.ports import TokenVerifier
 from storage.reads import READABLE_TABLES, StoredResource, read_resource
 
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 ENGINE = web.AppKey("fhir_engine", AsyncEngine)
 VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
 
@@ -35,6 +37,8 @@ async def read_route(request: web.Request) -> web.StreamResponse:
         return operation_outcome(401, str(exc))
     resource_type = request.path.split("/")[2]
     resource_id = request.match_info["id"]
+    if not FHIR_ID.fullmatch(resource_id):
+        return operation_outcome(404, f"{resource_type}/{resource_id[:64]!r} is not known")
     found = await read_resource(
         request.app[ENGINE], principal.tenant_id, resource_type, resource_id, patient_id=principal.patient_id
     )

@@ -34,6 +34,14 @@ def add_search_routes(
         app.router.add_post(f"/fhir/{resource_type}/_search", search_route)
 
 
+def prefers_lenient(request: web.Request) -> bool:
+    """`Prefer: handling=lenient` (RFC 7240: comma- or semicolon-separated preferences)."""
+    preferences = (
+        p.strip().replace(" ", "") for h in request.headers.getall("Prefer", []) for p in h.split(",")
+    )
+    return "handling=lenient" in {p.split(";")[0].lower() for p in preferences}
+
+
 def base_url(request: web.Request) -> str:
     configured = request.app[PUBLIC_BASE_URL]
     return configured or f"{request.scheme}://{request.host}/fhir"
@@ -50,7 +58,7 @@ async def search_route(request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/x-www-form-urlencoded":
             return operation_outcome(415, "POST _search takes an application/x-www-form-urlencoded body")
         params += [(k, str(v)) for k, v in (await request.post()).items()]
-    lenient = "handling=lenient" in request.headers.get("Prefer", "").replace(" ", "")
+    lenient = prefers_lenient(request)
     try:
         query, after = _query_and_position(request, resource_type, principal, params, lenient)
         page = await run_search(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange, precision_range
 
@@ -173,6 +174,8 @@ def _criterion(resource_type: str, code: str, type_: str, modifier: str | None, 
     values = tuple(v.strip() for v in _split_or(value))
     if not values or any(v == "" for v in values):
         raise SearchError(f"{code} needs a value")
+    if any(not v.isprintable() for v in values):
+        raise SearchError(f"{code}: control characters are not allowed in a value")
     if type_ == DATE:
         return Criterion(code, type_, modifier, values, tuple(_date_value(code, v) for v in values))
     if type_ in (STRING, URI, TOKEN, REFERENCE) and any(len(v) > 512 for v in values):
@@ -202,9 +205,15 @@ def _date_value(code: str, value: str) -> DateValue:
     prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
     text = value[2:] if value[:2] in DATE_PREFIXES else value
     try:
-        return DateValue(prefix, precision_range(text))
-    except ValueError as exc:
+        span = precision_range(text)
+        # Normalise here: an extreme offset (-14:00 on 9999-12-31) overflows, which is the caller's error.
+        return DateValue(prefix, DateRange(_utc(span.low), _utc(span.high)))
+    except (ValueError, OverflowError) as exc:
         raise SearchError(f"{code}: {text!r} is not a FHIR date, dateTime or instant") from exc
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
 
 
 def _count(value: str) -> int:

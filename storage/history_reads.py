@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Text, and_, cast, exists, literal, or_, select
+from sqlalchemy import ColumnElement, Select, Text, and_, any_, cast, exists, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.reads import HIDDEN_FROM_PATIENTS, StoredResource, tenant_transaction
@@ -167,11 +167,23 @@ async def read_history(
     return [HistoryVersion(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def hidden_plan_targets(tenant: ColumnElement[str], targets: ColumnElement[list[str]]) -> Select[int]:
+    """Plans hidden from patients (draft, entered-in-error) among a Provenance's targets."""
+    c = care_plans.c
+    return select(literal(1)).where(
+        c.tenant_id == tenant,
+        c.status.in_(HIDDEN_FROM_PATIENTS),
+        literal("CarePlan/").concat(c.id) == any_(targets),
+    )
+
+
 def _visible_provenance(tenant_id: str, patient_id: str | None) -> list[ColumnElement[bool]]:
     p = provenance.c
     conditions: list[ColumnElement[bool]] = [p.tenant_id == tenant_id]
     if patient_id is not None:
         conditions.append(p.patient_id == patient_id)
+        # The audit of a draft or voided plan would reveal the plan a patient may not see.
+        conditions.append(~exists(hidden_plan_targets(p.tenant_id, p.targets)))
     return conditions
 
 

@@ -298,7 +298,13 @@ async def load_revincludes(
     sql = Sql()
     if include.source_type == "Provenance":
         refs = [f"{target_type}/{i}" for i in target_ids]
-        patient = f" AND p.patient_id = {sql.bind(patient_id)}" if patient_id is not None else ""
+        patient = (
+            f" AND p.patient_id = {sql.bind(patient_id)} AND NOT EXISTS (SELECT 1 FROM care_plans c "
+            f"WHERE c.tenant_id = p.tenant_id AND c.status = ANY({sql.bind(list(HIDDEN_FROM_PATIENTS))}) "
+            "AND ('CarePlan/' || c.id) = ANY(p.targets))"
+            if patient_id is not None
+            else ""
+        )
         statement = (
             f"SELECT p.id, p.resource::text FROM provenance p WHERE p.tenant_id = {sql.bind(tenant_id)} "
             f"AND p.targets && {sql.bind(refs)}{patient} ORDER BY p.recorded, p.id LIMIT {limit + 1}"

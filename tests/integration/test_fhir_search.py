@@ -639,3 +639,46 @@ async def test_search_results_validate_as_fhir(world: World) -> None:
     assert len(resources) >= 8
     for resource in resources:
         models[resource["resourceType"]].model_validate(resource)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"_id": "\x00"},
+        {"patient": "\x00"},
+        {"date": "lt0001-01-01T00:00:00+14:00"},
+        {"_lastUpdated": "ge9999-12-31T23:59:59-14:00"},
+    ],
+)
+async def test_hostile_values_are_400_not_500(world: World, params: dict[str, str]) -> None:
+    assert await world.status_of("CarePlan", params) == 400
+
+
+async def test_read_of_a_malformed_id_is_404(world: World) -> None:
+    status, body = await fhir_get(f"{world.base}/CarePlan/%00", world.clinician_a)
+    assert status == 404
+    assert body["resourceType"] == "OperationOutcome"
+
+
+async def test_lenient_means_exactly_handling_lenient(world: World) -> None:
+    assert await world.status_of("CarePlan", {"colour": "x"}, headers={"Prefer": "handling=lenientx"}) == 400
+    assert (
+        await world.status_of(
+            "CarePlan", {"colour": "x"}, headers={"Prefer": "return=minimal, handling=lenient"}
+        )
+        == 200
+    )
+
+
+async def test_patient_does_not_see_the_audit_of_a_hidden_plan(world: World) -> None:
+    own_draft = {"_id": world.plan2, "_revinclude": "Provenance:target"}
+    assert ids(await world.search("CarePlan", own_draft, token=world.patient_a1)) == []
+    status, bundle = await fhir_get(
+        f"{world.base}/Provenance", world.patient_a1, params={"target": f"CarePlan/{world.plan2}"}
+    )
+    assert status == 200
+    assert ids(bundle) == []
+    status, bundle = await fhir_get(
+        f"{world.base}/Provenance", world.clinician_a, params={"target": f"CarePlan/{world.plan2}"}
+    )
+    assert ids(bundle)
