@@ -1,0 +1,88 @@
+"""Fault scenarios for the delivery promises (issue 5; more to come): each fails if its promise broke."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.client import envelope, send_command
+from service.runner import RunningService
+from tests.conftest import TokenFactory
+from tests.integration.helpers import CARE_PLAN, count_messages, count_rows, last_event
+
+
+async def test_the_same_command_to_two_workers_at_once_has_one_effect_and_one_reply(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    token = token_for(tenant)
+    body = envelope(CARE_PLAN)
+    replies = await asyncio.gather(
+        *(
+            send_command(nc, "careplan.create", body, token=token, message_id=str(uuid.uuid4()))
+            for _ in range(4)
+        )
+    )
+    assert all(r == replies[0] for r in replies)
+    assert replies[0]["ok"] is True
+    await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.careplan.created")
+    await asyncio.sleep(0.5)
+    assert await count_rows(admin_engine, "care_plans", tenant) == 1
+    assert await count_rows(admin_engine, "command_log", tenant) == 1
+    assert await count_messages(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.>") == 1
+
+
+async def test_a_republish_after_a_lost_mark_is_dropped_by_the_stream(
+    service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    """The relay crashed after JetStream's PubAck but before marking the row: the next relay publishes the
+    row again, and the duplicate window (Nats-Msg-Id = event id) keeps one copy."""
+    subject = f"careplan.evt.{tenant}.test.republished"
+    event_id = uuid.uuid4()
+    payload = orjson.dumps({"id": str(event_id)})
+    await nc.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": str(event_id)})
+    async with admin_engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (tenant_id, event_id, subject, payload) VALUES (:t, :e, :s, :p)"),
+            {"t": tenant, "e": event_id, "s": subject, "p": payload},
+        )
+    await _wait_published(admin_engine, event_id)
+    assert await count_messages(nc, "CAREPLAN_EVENTS", subject) == 1
+
+
+async def test_relay_recovers_when_its_listen_connection_is_killed(
+    service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    async with admin_engine.begin() as conn:
+        killed = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'careplan-relay'"
+            )
+        )
+    assert killed >= 1
+    subject = f"careplan.evt.{tenant}.test.after-kill"
+    event_id = uuid.uuid4()
+    async with admin_engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (tenant_id, event_id, subject, payload) VALUES (:t, :e, :s, :p)"),
+            {"t": tenant, "e": event_id, "s": subject, "p": orjson.dumps({"id": str(event_id)})},
+        )
+    event = await last_event(nc, "CAREPLAN_EVENTS", subject, timeout=15)
+    assert event["id"] == str(event_id)
+
+
+async def _wait_published(engine: AsyncEngine, event_id: uuid.UUID, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            async with engine.connect() as conn:
+                published = await conn.scalar(
+                    text("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = :e"), {"e": event_id}
+                )
+            if published:
+                return
+            await asyncio.sleep(0.05)
