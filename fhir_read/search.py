@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from domain.access import Principal
+from domain.search import SearchQuery
 from domain.search_parameters import SEARCHABLE_TYPES
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.bundle import entry, outcome_entry, searchset, subset
@@ -15,7 +16,7 @@ from fhir_read.capability import add_capability_route
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from fhir_read.routes import ENGINE, VERIFIER
-from fhir_read.search_query import MAX_INCLUDED, SearchError, SearchQuery, parse_search
+from fhir_read.search_query import MAX_INCLUDED, SearchError, parse_search
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
 CURSOR_SECRET = web.AppKey("cursor_secret", bytes)

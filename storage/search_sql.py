@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domain.search import Criterion, DateValue, Include, SearchQuery, SortKey
 from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange
 from storage.reads import HIDDEN_FROM_PATIENTS, READABLE_TABLES, tenant_transaction
 
@@ -49,7 +50,7 @@ class Page:
     total: int | None
 
 
-def criterion_sql(sql: Sql, resource_type: str, criterion: Any, alias: str = "r") -> str:
+def criterion_sql(sql: Sql, resource_type: str, criterion: Criterion, alias: str = "r") -> str:
     """One criterion (values ORed) as a boolean SQL expression on the resource row `alias`."""
     code, type_, modifier = criterion.code, criterion.type, criterion.modifier
     if code == "_id":
@@ -78,7 +79,7 @@ def criterion_sql(sql: Sql, resource_type: str, criterion: Any, alias: str = "r"
     return f"NOT {match_sql}" if modifier == "not" else match_sql
 
 
-def _id_sql(sql: Sql, criterion: Any, alias: str) -> str:
+def _id_sql(sql: Sql, criterion: Criterion, alias: str) -> str:
     if criterion.modifier == "missing":
         return "false" if criterion.values[0] == "true" else "true"
     clause = f"{alias}.id = ANY({sql.bind(list(criterion.values))})"
@@ -112,7 +113,7 @@ def _reference_clause(sql: Sql, value: str, *, target: str | None) -> str:
     return f"({clause} AND s.ref_type = {sql.bind(ref_type)})" if ref_type else clause
 
 
-def _date_clause(sql: Sql, low: str, high: str, value: Any) -> str:
+def _date_clause(sql: Sql, low: str, high: str, value: DateValue) -> str:
     """FHIR R4 date comparison between the stored range [low, high] and the searched one [vl, vh]."""
     span: DateRange = value.span
     vl, vh = sql.bind(span.low), sql.bind(span.high)
@@ -167,7 +168,7 @@ def patient_filter(sql: Sql, resource_type: str, patient_id: str | None, alias: 
     return clause
 
 
-def sort_key_sql(sql: Sql, resource_type: str, key: Any) -> str:
+def sort_key_sql(sql: Sql, resource_type: str, key: SortKey) -> str:
     if key.code == "_id":
         return "r.id"
     if key.code == "_lastUpdated":
@@ -185,7 +186,7 @@ def sort_key_sql(sql: Sql, resource_type: str, key: Any) -> str:
     )
 
 
-def keyset_after(sql: Sql, sort: list[Any], after: list[Any], after_id: str) -> str:
+def keyset_after(sql: Sql, sort: list[SortKey], after: list[Any], after_id: str) -> str:
     """Rows strictly after the cursor in ORDER BY k1, k2, …, id (NULLS LAST in both directions)."""
     disjuncts: list[str] = []
     for position, key in enumerate(sort):
@@ -212,7 +213,7 @@ def _beyond(sql: Sql, column: str, value: Any, descending: bool) -> str:
 async def run_search(
     engine: AsyncEngine,
     tenant_id: str,
-    query: Any,
+    query: SearchQuery,
     *,
     patient_id: str | None,
     after: tuple[list[Any], str] | None,
@@ -252,7 +253,7 @@ async def load_includes(
     tenant_id: str,
     source_type: str,
     source_ids: list[str],
-    include: Any,
+    include: Include,
     *,
     patient_id: str | None,
     limit: int,
@@ -287,7 +288,7 @@ async def load_revincludes(
     tenant_id: str,
     target_type: str,
     target_ids: list[str],
-    include: Any,
+    include: Include,
     *,
     patient_id: str | None,
     limit: int,
