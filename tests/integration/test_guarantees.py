@@ -86,3 +86,48 @@ async def _wait_published(engine: AsyncEngine, event_id: uuid.UUID, timeout: flo
             if published:
                 return
             await asyncio.sleep(0.05)
+
+
+async def test_a_failure_after_the_writes_leaves_nothing_and_the_redelivery_applies_once(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    """A trigger fails the command's first transaction at its last write (the outbox insert, after the plan,
+    history and provenance rows): the rollback must leave nothing, and the redelivery must apply it once."""
+    fault = f"fail_once_{tenant}"
+    async with admin_engine.begin() as conn:
+        # A sequence, because it is not transactional: the marker survives the rollback it causes.
+        await conn.execute(text(f"CREATE SEQUENCE {fault}"))
+        await conn.execute(
+            text(
+                f"""
+                CREATE FUNCTION {fault}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+                BEGIN
+                    IF NEW.tenant_id = '{tenant}' AND nextval('{fault}') = 1 THEN
+                        RAISE EXCEPTION 'injected fault' USING ERRCODE = '40001';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+        )
+        await conn.execute(
+            text(f"CREATE TRIGGER {fault} BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION {fault}()")
+        )
+    try:
+        reply = await send_command(
+            nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant), timeout=20
+        )
+        async with admin_engine.connect() as conn:
+            attempts = await conn.scalar(text(f"SELECT last_value FROM {fault}"))
+    finally:
+        async with admin_engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER {fault} ON outbox"))
+            await conn.execute(text(f"DROP FUNCTION {fault}()"))
+            await conn.execute(text(f"DROP SEQUENCE {fault}"))
+    assert attempts >= 2  # the first attempt reached the outbox and failed there; a later one went through
+    assert reply["ok"] is True
+    await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.careplan.created")
+    assert await count_rows(admin_engine, "care_plans", tenant) == 1
+    assert await count_rows(admin_engine, "resource_history", tenant) == 1
+    assert await count_rows(admin_engine, "provenance", tenant) == 1
+    assert await count_rows(admin_engine, "outbox", tenant) == 2
