@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import orjson
+import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -131,3 +133,23 @@ async def test_a_failure_after_the_writes_leaves_nothing_and_the_redelivery_appl
     assert await count_rows(admin_engine, "resource_history", tenant) == 1
     assert await count_rows(admin_engine, "provenance", tenant) == 1
     assert await count_rows(admin_engine, "outbox", tenant) == 2
+
+
+async def test_a_malformed_command_is_answered_at_once_and_never_retried(
+    service: RunningService,
+    nc: NatsClient,
+    tenant: str,
+    token_for: TokenFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="handlers.nats_consumer")
+    message_id = str(uuid.uuid4())
+    reply = await send_command(
+        nc, "careplan.create", b"\xff\xfe junk", token=token_for(tenant), message_id=message_id
+    )
+    await asyncio.sleep(1.5)  # longer than the first back-off: a retry would have happened by now
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
+    assert not [r for r in caplog.records if "will retry" in r.getMessage()]
+    consumer = await nc.jetstream().consumer_info("CAREPLAN_COMMANDS", "careplan-commands")
+    assert consumer.num_ack_pending == 0
+    assert consumer.num_redelivered == 0
