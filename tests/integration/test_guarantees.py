@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.client import envelope, send_command
 from service.runner import RunningService
+from storage.database import create_engine
+from storage.outbox_relay import OutboxRelay, RelaySettings
 from tests.conftest import TokenFactory
 from tests.integration.helpers import CARE_PLAN, count_messages, count_rows, last_event
 
@@ -153,3 +155,59 @@ async def test_a_malformed_command_is_answered_at_once_and_never_retried(
     consumer = await nc.jetstream().consumer_info("CAREPLAN_COMMANDS", "careplan-commands")
     assert consumer.num_ack_pending == 0
     assert consumer.num_redelivered == 0
+
+
+async def test_a_standby_relay_takes_over_when_the_leader_goes_and_hands_back(
+    service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
+) -> None:
+    standby_engine = create_engine(
+        service.settings.system_database_url or "", pool_size=2, application_name="standby"
+    )
+    js = nc.jetstream()
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        await js.publish(subject, payload, headers=headers)
+
+    standby = OutboxRelay(standby_engine, publish, RelaySettings(poll_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(standby.run(stop))
+    try:
+        # When the leader's connections die (as when its process is killed), the standby takes the lock.
+        async with asyncio.timeout(30):
+            while not standby.is_leader:
+                async with admin_engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND application_name = 'careplan-relay'"
+                        )
+                    )
+                await asyncio.sleep(0.3)
+        assert service.relay.is_leader is False
+        first = await _outbox_row(admin_engine, tenant, "during-takeover")
+        event = await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.test.during-takeover")
+        assert event["id"] == str(first)
+    finally:
+        stop.set()
+        await task
+        await standby_engine.dispose()
+    # And when the standby stops, the service's relay leads again: nothing is left behind.
+    second = await _outbox_row(admin_engine, tenant, "after-handback")
+    event = await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.test.after-handback", timeout=30)
+    assert event["id"] == str(second)
+    assert await count_messages(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.test.>") == 2
+
+
+async def _outbox_row(engine: AsyncEngine, tenant: str, name: str) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (tenant_id, event_id, subject, payload) VALUES (:t, :e, :s, :p)"),
+            {
+                "t": tenant,
+                "e": event_id,
+                "s": f"careplan.evt.{tenant}.test.{name}",
+                "p": orjson.dumps({"id": str(event_id)}),
+            },
+        )
+    return event_id
