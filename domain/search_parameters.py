@@ -4,9 +4,10 @@ cannot disagree (DOMAIN.md §10 lists the parameters; US Core adds CareTeam `rol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 JSON = dict[str, Any]
@@ -233,27 +234,57 @@ def date_range(element: Any) -> DateRange | None:
 
 
 def precision_range(value: str) -> DateRange:
-    """`2026` → the whole year, `2026-11` → the month, `2026-11-25` → the day (UTC), a date-time → that
-    second (or to the microsecond given). Raises ValueError on anything else."""
-    text = value.strip()
-    if len(text) == 4 and text.isdigit():
-        start = datetime(int(text), 1, 1, tzinfo=UTC)
-        return DateRange(start, datetime(int(text) + 1, 1, 1, tzinfo=UTC) - _TICK)
-    if len(text) == 7 and text[4] == "-":
-        year, month = int(text[:4]), int(text[5:7])
-        start = datetime(year, month, 1, tzinfo=UTC)
-        following = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-        return DateRange(start, following - _TICK)
-    if len(text) == 10:
-        day = date.fromisoformat(text)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return DateRange(start, start + timedelta(days=1) - _TICK)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment.microsecond:
-        return DateRange(moment, moment)
-    return DateRange(moment, moment + timedelta(seconds=1) - _TICK)
+    """`2026` → the whole year, `2026-11` → the month, `2026-11-25` → the day (UTC), a date-time → the
+    minute, second or fraction it names; as a closed interval. Raises ValueError on anything else."""
+    low, high = half_open_range(value)
+    return DateRange(low, high - _TICK)
+
+
+_DATE = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+def half_open_range(value: str) -> tuple[datetime, datetime]:
+    """The range [low, high) a FHIR date, dateTime or instant stands for at its precision, in UTC (a time
+    without a zone is UTC). A `+` decoded to a space (an unencoded zone offset in a URL) is taken back.
+    Raises ValueError for anything else, including dates that overflow once moved to UTC."""
+    match = _DATE.fullmatch(value.strip().replace(" ", "+"))
+    if match is None:
+        raise ValueError(f"not a FHIR date or instant: {value!r}")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    digits = (fraction or "")[:6]
+    try:
+        tz = UTC
+        if zone not in (None, "Z"):
+            sign = -1 if zone[0] == "-" else 1
+            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        low = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int(digits.ljust(6, "0")) if digits else 0,
+            tzinfo=tz,
+        ).astimezone(UTC)  # in UTC here, or it overflows later in the database driver
+    except OverflowError as exc:
+        raise ValueError(f"out of range: {value!r}") from exc
+    try:
+        if month is None:
+            high = low.replace(year=low.year + 1)
+        elif day is None:
+            high = low.replace(year=low.year + (low.month == 12), month=low.month % 12 + 1)
+        elif hour is None:
+            high = low + timedelta(days=1)
+        elif second is None:
+            high = low + timedelta(minutes=1)
+        else:
+            high = low + timedelta(microseconds=10 ** (6 - len(digits)))
+    except (ValueError, OverflowError):  # the end of year 9999
+        high = datetime.max.replace(tzinfo=UTC)
+    return low, high
 
 
 _TICK = timedelta(microseconds=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from domain.access import Principal
 from domain.fhir import fhir_instant
+from domain.search_parameters import half_open_range
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.bundle import entry, outcome_entry, searchset
 from fhir_read.cursor import CursorError, seal, unseal
@@ -43,9 +44,6 @@ _TARGET = re.compile(
     r"(?:https?://\S+/)?([A-Z][A-Za-z]{0,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[0-9]{1,9})?"
 )
 _PATIENT = re.compile(r"(?:Patient/)?([A-Za-z0-9\-.]{1,64})")
-_DATE = re.compile(
-    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?"
-)
 _PAGING = ("_count", "_cursor")
 
 
@@ -292,44 +290,10 @@ def _recorded(value: str) -> RecordedRange:
 
 
 def _date_range(value: str, name: str) -> tuple[datetime, datetime]:
-    """The range a date or dateTime stands for at its precision; without a zone, UTC. A `+` decoded to a
-    space (an unencoded zone offset) is taken back."""
-    match = _DATE.fullmatch(value.replace(" ", "+"))
-    if match is None:
-        raise InvalidRequest(f"{name} must be a FHIR date or instant, not {value!r}")
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    digits = (fraction or "")[:6]
     try:
-        tz = UTC
-        if zone not in (None, "Z"):
-            sign = -1 if zone[0] == "-" else 1
-            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        low = datetime(
-            int(year),
-            int(month or 1),
-            int(day or 1),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int(digits.ljust(6, "0")) if digits else 0,
-            tzinfo=tz,
-        ).astimezone(UTC)  # in UTC, or it overflows now rather than in the database driver
-    except (ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"{name} is not a valid date: {value!r}") from exc
-    try:
-        if month is None:
-            high = low.replace(year=low.year + 1)
-        elif day is None:
-            high = low.replace(year=low.year + (low.month == 12), month=low.month % 12 + 1)
-        elif hour is None:
-            high = low + timedelta(days=1)
-        elif second is None:
-            high = low + timedelta(minutes=1)
-        else:
-            high = low + timedelta(microseconds=10 ** (6 - len(digits)))
-    except (ValueError, OverflowError):  # the end of year 9999
-        high = datetime.max.replace(tzinfo=UTC)
-    return low, high
+        return half_open_range(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a FHIR date or instant, not {value!r}") from exc
 
 
 # --- paging ---

@@ -6,10 +6,9 @@ modifiers and well-formed values."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from domain.search import DEFAULT_COUNT, Criterion, DateValue, Include, SearchQuery, SortKey
-from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange, precision_range
+from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, precision_range
 
 MAX_COUNT = 200
 MAX_INCLUDED = 1000  # per page; past it the request is refused (never cut silently)
@@ -132,15 +131,9 @@ def _date_value(code: str, value: str) -> DateValue:
     prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
     text = value[2:] if value[:2] in DATE_PREFIXES else value
     try:
-        span = precision_range(text)
-        # Normalise here: an extreme offset (-14:00 on 9999-12-31) overflows, which is the caller's error.
-        return DateValue(prefix, DateRange(_utc(span.low), _utc(span.high)))
-    except (ValueError, OverflowError) as exc:
+        return DateValue(prefix, precision_range(text))  # in UTC; an overflowing offset is a ValueError
+    except ValueError as exc:
         raise SearchError(f"{code}: {text!r} is not a FHIR date, dateTime or instant") from exc
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.astimezone(UTC)
 
 
 def _count(value: str) -> int:
