@@ -106,11 +106,19 @@ async def handle_delivery(
             reply = await processor.process(incoming)
     except Exception as exc:
         if delivered < policy.max_deliver:
+            delay = policy.nak_delay(delivered)
+            # Everything an operator needs in the line itself: which command, which try, when the next.
             log.warning(
-                "command failed, will retry",
+                "command %s %s failed on delivery %d of %d, will retry in %.1fs: %s",
+                incoming.command_name,
+                incoming.message_id,
+                delivered,
+                policy.max_deliver,
+                delay,
+                exc,
                 extra={"subject": raw.subject, "delivered": delivered, "error": str(exc)},
             )
-            await msg.nack(delay=policy.nak_delay(delivered))
+            await msg.nack(delay=delay)
             return
         await _dead_letter(broker, incoming, delivered, exc)
         code = ErrorCode.UPSTREAM_UNAVAILABLE if _is_upstream(exc) else ErrorCode.INTERNAL
@@ -136,7 +144,14 @@ async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply
 async def _dead_letter(
     broker: NatsBroker, incoming: IncomingCommand, delivered: int, exc: BaseException
 ) -> None:
-    log.error("command dead-lettered", extra={"subject": incoming.subject, "delivered": delivered})
+    log.error(
+        "command %s %s dead-lettered after %d deliveries: %s",
+        incoming.command_name,
+        incoming.message_id,
+        delivered,
+        exc,
+        extra={"subject": incoming.subject, "delivered": delivered},
+    )
     headers = {k: v for k, v in incoming.headers.items() if k != "Nats-Msg-Id"}
     headers |= {
         "Careplan-Original-Subject": incoming.subject,

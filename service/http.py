@@ -24,6 +24,8 @@ ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 _ENGINE = web.AppKey("ops_engine", AsyncEngine)
 _VERIFIER = web.AppKey("ops_verifier", TokenVerifier)
 _READINESS: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
+RelayRole = Callable[[], str]
+_RELAY_ROLE: web.AppKey[RelayRole] = web.AppKey("relay_role")
 
 
 def create_http_app(
@@ -33,11 +35,13 @@ def create_http_app(
     *,
     cursor_secret: bytes | None = None,
     public_base_url: str | None = None,
+    relay_role: RelayRole = lambda: "off",
 ) -> web.Application:
     app = web.Application(middlewares=[_errors_as_documents], client_max_size=1024 * 1024)
     app[_ENGINE] = engine
     app[_VERIFIER] = verifier
     app[_READINESS] = readiness
+    app[_RELAY_ROLE] = relay_role
     add_fhir_routes(app, engine, verifier)
     add_search_routes(app, cursor_secret=cursor_secret, public_base_url=public_base_url)
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
@@ -76,8 +80,10 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[_READINESS]()
     ready = all(checks.values())
+    # The relay role is information, not readiness: a standby replica serves commands and reads as well.
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+        {"status": "ready" if ready else "not ready", "checks": checks, "relay": request.app[_RELAY_ROLE]()},
+        status=200 if ready else 503,
     )
 
 

@@ -1,0 +1,153 @@
+"""Commands under load, as many callers send them, and the checks that every one had exactly one effect.
+
+Each command names its own reply subject, so a reply is matched to its command whatever the order, and a
+command answered twice (a redelivery after a crash is answered from the command log) is seen twice.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
+
+from schemas.commands import COMMAND_SUBJECT_PREFIX
+from tests.faults.lab import Lab, until
+
+PLAN = {"patient_id": "p1", "title": "Heart failure care plan", "status": "active"}
+
+# Events each command causes: the new resource's, and the plan's new version for goals and activities.
+EVENTS_PER_COMMAND = {"careplan.create": 1, "goal.add": 2, "activity.add": 2}
+
+
+@dataclass
+class Sent:
+    command: str
+    body: bytes
+
+
+@dataclass
+class CommandLoad:
+    nc: NatsClient
+    token: str
+    inbox: str = field(default_factory=lambda: f"_INBOX.load{uuid.uuid4().hex}")
+    sent: dict[str, Sent] = field(default_factory=dict)
+    replies: defaultdict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    plans: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self.replies[msg.subject.rsplit(".", 1)[1]].append(orjson.loads(msg.data))
+
+    async def send(self, command: str, data: dict[str, Any]) -> str:
+        command_id = str(uuid.uuid4())
+        body = orjson.dumps({"command_id": command_id, "data": data})
+        self.sent[command_id] = Sent(command, body)
+        await self.publish(command_id, message_id=command_id)
+        return command_id
+
+    async def publish(self, command_id: str, *, message_id: str) -> PubAck:
+        """(Re)publish a sent command; a retrying caller reuses the command id and the body."""
+        sent = self.sent[command_id]
+        headers = {
+            "reply_to": f"{self.inbox}.{command_id}",
+            "Authorization": f"Bearer {self.token}",
+            "Nats-Msg-Id": message_id,
+        }
+        return await self.nc.jetstream().publish(
+            COMMAND_SUBJECT_PREFIX + sent.command, sent.body, headers=headers, timeout=10
+        )
+
+    async def create_plans(self, count: int) -> None:
+        ids = [await self.send("careplan.create", PLAN) for _ in range(count)]
+        await self.answered(ids, timeout=60)
+        self.plans = [self.replies[i][0]["result"]["id"] for i in ids]
+
+    async def send_changes(self, count: int, rng: random.Random) -> list[str]:
+        """Goals and activities added to random plans: each changes two resources, one of them shared."""
+        ids = []
+        for n in range(count):
+            plan = rng.choice(self.plans)
+            if rng.random() < 0.5:
+                data = {"care_plan_id": plan, "description": {"text": f"goal {n}"}}
+                ids.append(await self.send("goal.add", data))
+            else:
+                data = {"care_plan_id": plan, "description": f"task {n}"}
+                ids.append(await self.send("activity.add", data))
+        return ids
+
+    def answered_count(self) -> int:
+        return sum(1 for command_id in self.sent if self.replies.get(command_id))
+
+    async def answered(self, ids: list[str] | None = None, timeout: float = 120.0) -> None:
+        waiting = list(self.sent) if ids is None else ids
+        await until(lambda: all(self.replies.get(i) for i in waiting), timeout, f"{len(waiting)} answered")
+
+    async def at_least_answered(self, count: int, timeout: float = 60.0) -> None:
+        await until(lambda: self.answered_count() >= count, timeout, f"{count} answered")
+
+
+async def read_stream(nc: NatsClient, stream: str) -> list[dict[str, Any]]:
+    """Every message in the stream, in stream order."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    events = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        assert msg.data is not None
+        events.append(orjson.loads(msg.data))
+    return events
+
+
+async def assert_each_command_applied_once(lab: Lab, load: CommandLoad) -> None:
+    """Every command: answered ok (the same outcome however often it was answered), in the command log
+    once, and its rows in the database once."""
+    for command_id in load.sent:
+        replies = load.replies[command_id]
+        assert replies, f"{command_id} never answered"
+        assert replies[0]["ok"] is True, replies[0]
+        assert all(r == replies[0] for r in replies), replies
+    commands = Counter(s.command for s in load.sent.values())
+    logged = await lab.rows("SELECT command_id::text, count(*) FROM command_log GROUP BY command_id")
+    assert {str(c): n for c, n in logged} == dict.fromkeys(load.sent, 1)
+    assert await lab.scalar("SELECT count(*) FROM care_plans") == commands["careplan.create"]
+    assert await lab.scalar("SELECT count(*) FROM goals") == commands["goal.add"]
+    assert await lab.scalar("SELECT count(*) FROM tasks") == commands["activity.add"]
+    # Each goal or activity gave its plan exactly one new version.
+    versions = dict(await lab.rows("SELECT id::text, version FROM care_plans"))
+    changes = Counter(
+        orjson.loads(s.body)["data"]["care_plan_id"]
+        for s in load.sent.values()
+        if s.command != "careplan.create"
+    )
+    assert versions == {plan: 1 + changes[plan] for plan in load.plans}
+
+
+async def assert_events_once_in_order(lab: Lab, load: CommandLoad, nc: NatsClient) -> None:
+    """On the stream: every event once, each command's events exactly, each resource's in version order."""
+    await lab.outbox_drained()
+    events = await read_stream(nc, "CAREPLAN_EVENTS")
+    ids = Counter(e["id"] for e in events)
+    assert [i for i, n in ids.items() if n > 1] == []
+    outbox = await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%'")
+    assert set(ids) == {str(e) for (e,) in outbox}
+    caused = Counter(e["causationid"] for e in events)
+    assert caused == {i: EVENTS_PER_COMMAND[s.command] for i, s in load.sent.items()}
+    by_resource: defaultdict[str, list[int]] = defaultdict(list)
+    for event in events:
+        by_resource[event["subject"]].append(event["resourceversion"])
+    for resource, versions in by_resource.items():
+        assert versions == list(range(1, len(versions) + 1)), (resource, versions)
+    audit = Counter(a["id"] for a in await read_stream(nc, "CAREPLAN_AUDIT"))
+    assert [i for i, n in audit.items() if n > 1] == []
+    audit_rows = await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.audit.%'")
+    assert set(audit) == {str(e) for (e,) in audit_rows}
+    assert len(audit) >= len(load.sent)
