@@ -115,8 +115,8 @@ async def handle_delivery(
                 delivered,
                 policy.max_deliver,
                 delay,
-                exc,
-                extra={"subject": raw.subject, "delivered": delivered, "error": str(exc)},
+                _one_line(exc),
+                extra={"subject": raw.subject, "delivered": delivered},
             )
             await msg.nack(delay=delay)
             return
@@ -149,14 +149,14 @@ async def _dead_letter(
         incoming.command_name,
         incoming.message_id,
         delivered,
-        exc,
+        _one_line(exc),
         extra={"subject": incoming.subject, "delivered": delivered},
     )
     headers = {k: v for k, v in incoming.headers.items() if k != "Nats-Msg-Id"}
     headers |= {
         "Careplan-Original-Subject": incoming.subject,
         "Careplan-Deliveries": str(delivered),
-        "Careplan-Error": f"{type(exc).__name__}: {exc}"[:1000],
+        "Careplan-Error": f"{type(exc).__name__}: {_one_line(exc)}",
     }
     if incoming.message_id:
         headers["Nats-Msg-Id"] = f"{incoming.message_id}:dlq"
@@ -166,6 +166,12 @@ async def _dead_letter(
         stream=DLQ_STREAM,
         headers=headers,
     )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line only: later lines of driver errors hold SQL, and logs stay one record per line."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _is_upstream(exc: BaseException) -> bool:

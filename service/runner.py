@@ -114,7 +114,14 @@ async def start_service(settings: Settings) -> RunningService:
         role_permissions=settings.role_table(),
     )
 
-    nc = await nats.connect(servers=settings.nats_servers(), name="careplan-relay", max_reconnect_attempts=-1)
+    nc = await nats.connect(
+        servers=settings.nats_servers(),
+        name="careplan-relay",
+        max_reconnect_attempts=-1,
+        error_cb=_NatsEvents("relay").error,
+        disconnected_cb=_NatsEvents("relay").disconnected,
+        reconnected_cb=_NatsEvents("relay").reconnected,
+    )
     js = nc.jetstream()
     await ensure_topology(js, policy)
 
@@ -126,8 +133,17 @@ async def start_service(settings: Settings) -> RunningService:
 
     relay = OutboxRelay(system_engine, publish, RelaySettings(poll_interval_s=settings.relay_poll_interval_s))
 
+    # FastStream's per-message "Received"/"Processed" lines at DEBUG: two INFO lines per delivery drown the
+    # lines that matter (retries, dead letters) and cost I/O under load.
     broker = NatsBroker(
-        settings.nats_servers(), graceful_timeout=settings.ack_wait_s, max_reconnect_attempts=-1, logger=log
+        settings.nats_servers(),
+        graceful_timeout=settings.ack_wait_s,
+        max_reconnect_attempts=-1,
+        logger=log,
+        log_level=logging.DEBUG,
+        error_cb=_NatsEvents("commands").error,
+        disconnected_cb=_NatsEvents("commands").disconnected,
+        reconnected_cb=_NatsEvents("commands").reconnected,
     )
     register_command_consumer(broker, processor, policy)
     register_outcome_query(
@@ -167,6 +183,22 @@ async def start_service(settings: Settings) -> RunningService:
     service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
     log.info("care-plan-service started", extra={"http": service.http_url})
     return service
+
+
+@dataclass(frozen=True)
+class _NatsEvents:
+    """One log line per NATS connection event, instead of nats-py's traceback per reconnect attempt."""
+
+    connection: str
+
+    async def error(self, exc: Exception) -> None:
+        log.warning("NATS %s connection: %s: %s", self.connection, type(exc).__name__, exc)
+
+    async def disconnected(self) -> None:
+        log.warning("NATS %s connection lost; reconnecting", self.connection)
+
+    async def reconnected(self) -> None:
+        log.info("NATS %s connection re-established", self.connection)
 
 
 def broker_connected(broker: NatsBroker) -> bool:

@@ -48,6 +48,7 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        hide_parameters=True,  # errors and logs never carry the values (patient data) of a statement
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
         connect_args={"server_settings": {"application_name": application_name}},

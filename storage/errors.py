@@ -41,3 +41,11 @@ def is_transient(exc: BaseException) -> bool:
         return True
     cause = exc.__cause__
     return cause is not None and cause is not exc and is_transient(cause)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and dead-letter headers: the driver's own message, never SQLAlchemy's statement
+    and parameters (those carry patient data, and span many lines)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]

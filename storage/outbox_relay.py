@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.errors import describe, is_transient
+
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "careplan_outbox"
@@ -68,10 +70,14 @@ class OutboxRelay:
                         continue
                     failures = 0
                     await self._lead(leader_conn, stop)
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                log.exception("outbox relay failed; retrying")
-                await _wait(stop, min(self._settings.retry_max_s, 0.5 * 2**failures))
+                delay = min(self._settings.retry_max_s, 0.5 * 2**failures)
+                if is_transient(exc):  # the database is away: one line per try, the back-off bounds them
+                    log.warning("outbox relay: database away, retry in %.1fs: %s", delay, describe(exc))
+                else:
+                    log.exception("outbox relay failed; retrying in %.1fs", delay)
+                await _wait(stop, delay)
         self.is_leader = False
 
     async def _lead(self, leader_conn: AsyncConnection, stop: asyncio.Event) -> None:

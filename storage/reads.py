@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Unavailable
-from storage.errors import is_transient
+from storage.errors import describe, is_transient
 
 # Patients never see plans that are not (yet, or ever) real (CONTRACT §6).
 HIDDEN_FROM_PATIENTS = ("draft", "entered-in-error")
@@ -36,7 +36,7 @@ async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterat
             yield conn
     except Exception as exc:
         if is_transient(exc):
-            raise Unavailable("database", str(exc)) from exc
+            raise Unavailable("database", describe(exc)) from exc
         raise
 
 

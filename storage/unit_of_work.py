@@ -17,7 +17,7 @@ from domain.entities import Versioned
 from domain.errors import Unavailable
 from handlers.ports import OutboxMessage, ResourceVersion, StoredOutcome
 from storage import aggregates, tables
-from storage.errors import is_transient
+from storage.errors import describe, is_transient
 
 
 class SqlUnitOfWork:
@@ -38,7 +38,7 @@ class SqlUnitOfWork:
         except Exception as exc:
             await self._close()
             if is_transient(exc):
-                raise Unavailable("database", str(exc)) from exc
+                raise Unavailable("database", describe(exc)) from exc
             raise
         return self
 
@@ -47,7 +47,7 @@ class SqlUnitOfWork:
     ) -> None:
         await self._close()
         if exc is not None and not isinstance(exc, Unavailable) and is_transient(exc):
-            raise Unavailable("database", str(exc)) from exc
+            raise Unavailable("database", describe(exc)) from exc
 
     @property
     def conn(self) -> AsyncConnection:
@@ -60,7 +60,7 @@ class SqlUnitOfWork:
             await self.conn.commit()
         except Exception as exc:
             if is_transient(exc):
-                raise Unavailable("database", str(exc)) from exc
+                raise Unavailable("database", describe(exc)) from exc
             raise
 
     @asynccontextmanager

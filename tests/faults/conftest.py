@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +14,29 @@ from service.dev_identity import DevKeys
 from tests.faults.lab import Lab, fault_lab
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def lab_dir() -> Iterator[Path]:
-    """Under /tmp: Unix socket paths must stay short."""
+def lab_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Under /tmp: Unix socket paths must stay short. Kept when the test fails, for its servers' logs."""
     path = Path(tempfile.mkdtemp(prefix="cplab-", dir="/tmp"))
     os.chmod(path, 0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if request.node.stash.get(_FAILED, False):
+        print(f"\nfault lab kept for its logs: {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

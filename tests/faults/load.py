@@ -2,6 +2,8 @@
 
 Each command names its own reply subject, so a reply is matched to its command whatever the order, and a
 command answered twice (a redelivery after a crash is answered from the command log) is seen twice.
+Replies are core NATS, at most once: one published while the caller is reconnecting is lost. A caller with
+no reply asks `careplan.query.command` for the outcome (CONTRACT §2), and so does this load.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
+from handlers.queries import QUERY_SUBJECT
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 from tests.faults.lab import Lab, until
 
@@ -39,6 +42,7 @@ class CommandLoad:
     inbox: str = field(default_factory=lambda: f"_INBOX.load{uuid.uuid4().hex}")
     sent: dict[str, Sent] = field(default_factory=dict)
     replies: defaultdict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    asked: dict[str, dict[str, Any]] = field(default_factory=dict)  # outcomes asked for, replies lost
     plans: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -84,6 +88,31 @@ class CommandLoad:
                 ids.append(await self.send("activity.add", data))
         return ids
 
+    async def ask_unanswered(self, timeout: float = 120.0) -> None:
+        """What a caller does when no reply came: ask for the stored outcome until every command has one."""
+
+        async def all_known() -> bool:
+            for command_id in self.sent:
+                if self.replies.get(command_id) or command_id in self.asked:
+                    continue
+                msg = await self.nc.request(
+                    QUERY_SUBJECT,
+                    orjson.dumps({"command_id": command_id}),
+                    timeout=5,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+                outcome = orjson.loads(msg.data)
+                if outcome.get("error", {}).get("code") == "NOT_FOUND":
+                    return False  # not processed yet
+                self.asked[command_id] = outcome
+            return True
+
+        await until(all_known, timeout, "every command's outcome known")
+
+    def outcome(self, command_id: str) -> dict[str, Any]:
+        replies = self.replies.get(command_id)
+        return replies[0] if replies else self.asked[command_id]
+
     def answered_count(self) -> int:
         return sum(1 for command_id in self.sent if self.replies.get(command_id))
 
@@ -111,10 +140,9 @@ async def assert_each_command_applied_once(lab: Lab, load: CommandLoad) -> None:
     """Every command: answered ok (the same outcome however often it was answered), in the command log
     once, and its rows in the database once."""
     for command_id in load.sent:
-        replies = load.replies[command_id]
-        assert replies, f"{command_id} never answered"
-        assert replies[0]["ok"] is True, replies[0]
-        assert all(r == replies[0] for r in replies), replies
+        outcome = load.outcome(command_id)
+        assert outcome["ok"] is True, outcome
+        assert all(r == outcome for r in load.replies.get(command_id, [])), load.replies[command_id]
     commands = Counter(s.command for s in load.sent.values())
     logged = await lab.rows("SELECT command_id::text, count(*) FROM command_log GROUP BY command_id")
     assert {str(c): n for c, n in logged} == dict.fromkeys(load.sent, 1)
