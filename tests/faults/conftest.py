@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.dev_identity import DevKeys
+from service.embedded import EmbeddedPostgres
 from tests.faults.lab import Lab, fault_lab
 
 
@@ -43,3 +44,13 @@ def lab_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
 async def lab(postgres_server_url: str, keys: DevKeys, lab_dir: Path) -> AsyncIterator[Lab]:
     async with fault_lab(postgres_server_url, keys, lab_dir) as running:
         yield running
+
+
+@pytest.fixture
+async def lab_with_own_postgres(
+    postgres_server_url: str, keys: DevKeys, lab_dir: Path
+) -> AsyncIterator[tuple[Lab, EmbeddedPostgres]]:
+    """A lab whose Postgres the test may stop or reconfigure: an embedded server of its own."""
+    with EmbeddedPostgres(lab_dir / "pg") as postgres:
+        async with fault_lab(postgres_server_url, keys, lab_dir, own_postgres=postgres) as lab:
+            yield lab, postgres

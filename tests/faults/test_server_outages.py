@@ -9,30 +9,17 @@ import itertools
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
-
-import pytest
 
 from handlers.nats_consumer import DeliveryPolicy
 from service.dev_identity import DevKeys
 from service.embedded import EmbeddedPostgres
-from tests.faults.lab import Lab, ServeProcess, fault_lab, until
+from tests.faults.lab import Lab, ServeProcess, until
 from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order
 
 POSTGRES_OUTAGE_S = 30.0
 NATS_OUTAGE_S = 60.0
 TENANT = "t-outage"
-
-
-@pytest.fixture
-async def lab_with_own_postgres(
-    postgres_server_url: str, keys: DevKeys, lab_dir: Path
-) -> AsyncIterator[tuple[Lab, EmbeddedPostgres]]:
-    with EmbeddedPostgres(lab_dir / "pg") as postgres:
-        async with fault_lab(postgres_server_url, keys, lab_dir, own_postgres=postgres) as lab:
-            yield lab, postgres
 
 
 async def _not_ready_because(process: ServeProcess, check: str) -> bool:
