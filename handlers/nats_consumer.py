@@ -60,15 +60,18 @@ class DeliveryPolicy:
 def register_command_consumer(
     broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy
 ) -> None:
-    """One durable pull consumer over `careplan.cmd.>`, `policy.workers` messages in flight."""
+    """One durable pull consumer over `careplan.cmd.>`, up to `policy.workers` messages in flight."""
 
     @broker.subscriber(
         COMMAND_SUBJECTS,
         stream=JStream(COMMAND_STREAM, declare=False),
         durable=COMMAND_CONSUMER,
         config=policy.consumer_config(),
+        # A batch of `workers` messages is fetched and all of them started at once; the next fetch waits for
+        # the batch. Not FastStream's `max_workers`: that one prefetches into a queue, and on stop drops what
+        # it queued without a nak, so those commands wait out the whole ack wait before another replica
+        # may take them (a rolling deploy would stall them by `ack_wait_s`).
         pull_sub=PullSub(batch_size=policy.workers, timeout=1.0),
-        max_workers=policy.workers,
         ack_policy=AckPolicy.MANUAL,
         no_reply=True,
         title="careplan.cmd.{command}",
