@@ -114,13 +114,14 @@ async def start_service(settings: Settings) -> RunningService:
         role_permissions=settings.role_table(),
     )
 
+    relay_events, command_events = _NatsEvents("relay"), _NatsEvents("commands")
     nc = await nats.connect(
         servers=settings.nats_servers(),
         name="careplan-relay",
         max_reconnect_attempts=-1,
-        error_cb=_NatsEvents("relay").error,
-        disconnected_cb=_NatsEvents("relay").disconnected,
-        reconnected_cb=_NatsEvents("relay").reconnected,
+        error_cb=relay_events.error,
+        disconnected_cb=relay_events.disconnected,
+        reconnected_cb=relay_events.reconnected,
     )
     js = nc.jetstream()
     await ensure_topology(js, policy)
@@ -141,9 +142,9 @@ async def start_service(settings: Settings) -> RunningService:
         max_reconnect_attempts=-1,
         logger=log,
         log_level=logging.DEBUG,
-        error_cb=_NatsEvents("commands").error,
-        disconnected_cb=_NatsEvents("commands").disconnected,
-        reconnected_cb=_NatsEvents("commands").reconnected,
+        error_cb=command_events.error,
+        disconnected_cb=command_events.disconnected,
+        reconnected_cb=command_events.reconnected,
     )
     register_command_consumer(broker, processor, policy)
     register_outcome_query(

@@ -132,7 +132,11 @@ class OutboxRelay:
         if failure is not None:
             # The broker is away: nothing is wrong with the row, so it is not charged an attempt.
             log.warning(
-                "outbox publish failed; will retry", extra={"outbox_id": failure[0], "error": str(failure[1])}
+                "outbox publish of row %d failed, will retry: %s: %s",
+                failure[0],
+                type(failure[1]).__name__,
+                failure[1],
+                extra={"outbox_id": failure[0]},
             )
         return BatchResult(len(published), broker_failed=failure is not None, charged=False)
 
@@ -147,7 +151,13 @@ class OutboxRelay:
             {"id": row_id, "error": str(exc)[:2000], "max": self._settings.max_attempts},
         )
         if parked:
-            log.error("outbox row parked", extra={"outbox_id": row_id, "error": str(exc)})
+            log.error(
+                "outbox row %d parked after %d attempts: %s",
+                row_id,
+                self._settings.max_attempts,
+                exc,
+                extra={"outbox_id": row_id},
+            )
 
     async def delete_expired(self) -> int:
         """Delete rows published longer ago than the retention; returns how many."""
