@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol, Self
 
 from domain.access import Principal
 from domain.care_plan import CarePlanAggregate
-from domain.entities import Versioned
+from domain.entities import CarePlan, Goal, Versioned
 
 
 class AuthenticationFailed(Exception):
@@ -91,3 +91,62 @@ class UnitOfWork(Protocol):
 UnitOfWorkFactory = Callable[[str], UnitOfWork]  # tenant_id -> a fresh unit of work
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCandidate:
+    """A goal or plan the scheduler may have to signal; decided again under the plan's lock."""
+
+    tenant_id: str
+    plan_id: str
+    resource_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GoalCounts:
+    """A tenant's goals, counted by (lifecycle, achievement) and by (system, code, display) of coded goals."""
+
+    by_status: list[tuple[str, str | None, int]]
+    by_code: list[tuple[str | None, str, str | None, int]]
+
+
+class PlanClaim(Protocol):
+    """A plan's row lock held for one signal, and the transaction the signal is written in."""
+
+    async def goal(self, goal_id: str) -> tuple[Goal, dict[str, Any]] | None: ...
+
+    async def plan(self) -> tuple[CarePlan, dict[str, Any]]: ...
+
+    async def mark(self, kind: str, resource_id: str, marker: str) -> bool:
+        """Record that a signal went out; False when it already had (then send nothing)."""
+        ...
+
+    async def add_to_outbox(self, messages: list[OutboxMessage]) -> None: ...
+
+
+class PeriodClaim(Protocol):
+    """One tenant's summary for one period, claimed by exactly one sweep across replicas."""
+
+    async def goal_counts(self) -> GoalCounts: ...
+
+    async def add_to_outbox(self, messages: list[OutboxMessage]) -> None: ...
+
+
+class ScheduleStore(Protocol):
+    """Across tenants (the system role): what is due, and claims to signal it once."""
+
+    async def overdue_goal_candidates(self, today: date, limit: int) -> list[ScheduleCandidate]: ...
+
+    async def review_due_candidates(self, today: date, limit: int) -> list[ScheduleCandidate]: ...
+
+    def claim_plan(self, tenant_id: str, plan_id: str) -> AbstractAsyncContextManager[PlanClaim | None]:
+        """None when a command holds the plan: the next sweep comes back to it."""
+        ...
+
+    async def tenants(self) -> list[str]: ...
+
+    def claim_period(
+        self, tenant_id: str, kind: str, key: str
+    ) -> AbstractAsyncContextManager[PeriodClaim | None]:
+        """None when this tenant's summary for the period was already sent."""
+        ...

@@ -1,4 +1,4 @@
-"""`careplan`: migrate, serve, dev, token, send. Every setting is also a flag (`careplan --help`)."""
+"""`careplan`: migrate, serve, scheduler, dev, token, send. Each setting is also a flag (`--help`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("migrate", "create or upgrade the schema, roles and grants (idempotent)")
     command("serve", "run the worker, outbox relay and HTTP app with configured URLs")
+    command("scheduler", "run only the scheduler's sweeps (overdue goals, reviews due, summaries)")
     command("dev", "run everything on embedded NATS and Postgres kept in ./.careplan-dev")
 
     token = command("token", "mint a development JWT signed by the `careplan dev` key")
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_migrate(settings))
             case "serve":
                 return asyncio.run(_serve(settings))
+            case "scheduler":
+                return asyncio.run(_scheduler(settings))
             case "dev":
                 try:
                     from service.dev import run_dev
@@ -133,6 +136,17 @@ async def _serve(settings: Settings) -> int:
         )
     except StartupRefused as exc:
         print(f"careplan serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _scheduler(settings: Settings) -> int:
+    from service.runner import StartupRefused, schedule_until_signalled
+
+    try:
+        await schedule_until_signalled(settings)
+    except StartupRefused as exc:
+        print(f"careplan scheduler: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,6 +12,7 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import nats
 from aiohttp import web
@@ -31,11 +32,13 @@ from handlers.nats_consumer import (
 from handlers.pipeline import CommandProcessor
 from integrations.identity import JwksSource, JwtVerifier
 from service.http import create_http_app
+from service.scheduler import Scheduler
 from service.settings import Settings
 from service.topology import ensure_topology
 from storage.database import create_engine
 from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
 from storage.reads import ping, read_command_outcome, runtime_role_problem
+from storage.schedule_store import SqlScheduleStore
 from storage.unit_of_work import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class RunningService:
     http_port: int
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     relay_task: asyncio.Task[None] | None = None
+    scheduler: Scheduler | None = None
+    scheduler_task: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -66,8 +71,9 @@ class RunningService:
         """Drain: stop taking commands (in-flight ones finish), let the relay finish its batch, close."""
         self.stop_event.set()
         await self.broker.stop()
-        if self.relay_task is not None:
-            await self.relay_task
+        for task in (self.relay_task, self.scheduler_task):
+            if task is not None:
+                await task
         await self.http_runner.cleanup()
         with contextlib.suppress(Exception):
             await self.nc.drain()
@@ -182,6 +188,8 @@ async def start_service(settings: Settings) -> RunningService:
     await broker.start()
     service = RunningService(settings, broker, nc, runtime_engine, system_engine, relay, http_runner, port)
     service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
+    service.scheduler = scheduler_for(settings, system_engine)
+    service.scheduler_task = asyncio.create_task(service.scheduler.run(service.stop_event), name="scheduler")
     log.info("care-plan-service started", extra={"http": service.http_url})
     return service
 
@@ -200,6 +208,31 @@ class _NatsEvents:
 
     async def reconnected(self) -> None:
         log.info("NATS %s connection re-established", self.connection)
+
+
+def scheduler_for(settings: Settings, system_engine: AsyncEngine) -> Scheduler:
+    return Scheduler(
+        SqlScheduleStore(system_engine),
+        interval_s=settings.scheduler_interval_s,
+        metrics_interval_s=settings.metrics_interval_s,
+        timezone=ZoneInfo(settings.scheduler_timezone),
+    )
+
+
+async def schedule_until_signalled(settings: Settings) -> None:
+    """`careplan scheduler`: the sweeps alone, for deployments that run them apart from the workers."""
+    if not settings.system_database_url:
+        raise StartupRefused("missing configuration: CAREPLAN_SYSTEM_DATABASE_URL")
+    engine = create_engine(settings.system_database_url, pool_size=2, application_name="careplan-scheduler")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"care-plan-service scheduler ready: every {settings.scheduler_interval_s:g}s", flush=True)
+    try:
+        await scheduler_for(settings, engine).run(stop)
+    finally:
+        await engine.dispose()
 
 
 def broker_connected(broker: NatsBroker) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(default=None, description="external FHIR base for fullUrl and links")
     scheduler_interval_s: float = Field(default=60, gt=0, description="seconds between overdue sweeps")
     metrics_interval_s: float = Field(default=3600, gt=0, description="seconds between achievement summaries")
+    scheduler_timezone: str = Field(
+        default="UTC", description="IANA time zone whose calendar day decides what is overdue"
+    )
     upstream_timeout_ms: int = Field(default=2000, gt=0, description="timeout per upstream request")
     # Operational knobs beyond the contract's list.
     workers: int = Field(default=8, ge=1, le=256, description="commands processed concurrently")
@@ -55,6 +59,15 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="log level")
     dev_dir: str = Field(default=".careplan-dev", description="where `careplan dev` keeps its data")
+
+    @field_validator("scheduler_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
 
     @field_validator("role_permissions", mode="before")
     @classmethod

@@ -30,6 +30,16 @@ _TABLES: dict[str, Table] = {
 }
 
 
+def goal_from_state(state: dict[str, Any]) -> Goal:
+    goal: Goal = _STATE["Goal"].validate_python(state)
+    return goal
+
+
+def plan_from_state(state: dict[str, Any]) -> CarePlan:
+    plan: CarePlan = _STATE["CarePlan"].validate_python(state)
+    return plan
+
+
 class MissingState(RuntimeError):
     """A row written before the domain state was stored (schema 0001); it cannot be changed by commands."""
 

@@ -33,7 +33,13 @@ RUNTIME_GRANTS: dict[str, str] = {
     "search_string": "SELECT, INSERT, DELETE",
 }
 SYSTEM_GRANTS: dict[str, str] = {
-    "outbox": "SELECT, UPDATE, DELETE",
+    "outbox": "SELECT, INSERT, UPDATE, DELETE",
+    # The scheduler reads across tenants and takes a plan's row lock, as every command on the plan does, so
+    # its signals queue behind the plan's changes. Postgres lets only a role with an UPDATE privilege lock
+    # a row; the column it may update is one the scheduler never writes.
+    "care_plans": "SELECT, UPDATE (last_updated)",
+    "goals": "SELECT",
+    "schedule_markers": "SELECT, INSERT",
 }
 
 
@@ -56,7 +62,7 @@ async def migrate(admin_url: str, runtime_url: str, system_url: str) -> None:
             await _ensure_role(conn, runtime, bypass_rls=False)
             await _ensure_role(conn, system, bypass_rls=True)
             await _grant(conn, runtime.name, RUNTIME_GRANTS, sequences=True)
-            await _grant(conn, system.name, SYSTEM_GRANTS, sequences=False)
+            await _grant(conn, system.name, SYSTEM_GRANTS, sequences=True)
     finally:
         await engine.dispose()
 

@@ -191,6 +191,16 @@ search_string = Table(
     Column("value", Text, nullable=False),
 )
 
+schedule_markers = Table(
+    "schedule_markers",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("resource_id", Text, primary_key=True),
+    Column("marker", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
 TENANT_TABLES: tuple[str, ...] = (
     "care_plans",
     "goals",
@@ -204,4 +214,5 @@ TENANT_TABLES: tuple[str, ...] = (
     "search_reference",
     "search_date",
     "search_string",
+    "schedule_markers",
 )

@@ -119,6 +119,10 @@ def settings(database: DatabaseUrls, nats_url: str, keys: DevKeys) -> Settings:
         ack_wait_s=10,
         nak_backoff_max_s=1,
         relay_poll_interval_s=0.5,
+        # The service's own scheduler runs on the real clock; the scheduler tests drive theirs with a clock
+        # of their own. An hour between passes keeps the service's from signalling other tests' data.
+        scheduler_interval_s=3600,
+        metrics_interval_s=3600,
     )
 
 

@@ -219,6 +219,17 @@ class DevProcess:
 
 
 @contextlib.contextmanager
+def careplan_process(
+    args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path
+) -> Iterator[DevProcess]:
+    proc = DevProcess(args, cwd=cwd, env=env, log_path=log_path)
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+@contextlib.contextmanager
 def careplan_dev(
     args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, flags_after_command: bool = False
 ) -> Iterator[DevProcess]:
@@ -476,5 +487,26 @@ def test_help_lists_every_setting_flag() -> None:
     for name in Settings.model_fields:
         assert f"--{name.replace('_', '-')}" in done.stdout, name
         assert f"CAREPLAN_{name.upper()}" in done.stdout, name
-    for command in ("migrate", "serve", "dev", "token", "send"):
+    for command in ("migrate", "serve", "scheduler", "dev", "token", "send"):
         assert command in done.stdout
+
+
+def test_scheduler_runs_alone_and_stops_cleanly(database: DatabaseUrls, workdir: Path) -> None:
+    # Given only the system role's URL
+    env = clean_env(CAREPLAN_SYSTEM_DATABASE_URL=database.system, CAREPLAN_SCHEDULER_INTERVAL_S="1")
+    with careplan_process(["scheduler"], cwd=workdir, env=env, log_path=workdir / "scheduler.log") as proc:
+        # When it starts, then it says so and keeps sweeping until SIGTERM, then exits 0
+        proc.wait_for_line("care-plan-service scheduler ready", READY_TIMEOUT_S)
+        time.sleep(2.5)
+        assert proc.proc.poll() is None, proc.stderr_tail()
+        code = proc.stop(signal.SIGTERM)
+        log = proc.stderr_tail()
+    assert code == 0, log
+    assert "Traceback" not in log
+
+
+def test_scheduler_names_its_missing_setting() -> None:
+    done = run_cli(["scheduler"], env=clean_env(), timeout=20)
+    assert done.returncode == 2, done.stderr
+    assert "CAREPLAN_SYSTEM_DATABASE_URL" in done.stderr
+    assert "Traceback" not in done.stderr

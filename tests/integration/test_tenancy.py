@@ -11,10 +11,14 @@ from sqlalchemy.exc import DBAPIError
 from service.client import envelope, send_command
 from service.runner import RunningService
 from storage.database import create_engine
+from storage.migrate import RUNTIME_GRANTS
 from storage.tables import TENANT_TABLES
 from tests.conftest import DatabaseUrls, TokenFactory
 from tests.integration.commands import Caller
 from tests.integration.helpers import CARE_PLAN
+
+# Tenant tables the runtime role has no SELECT on at all.
+SYSTEM_ONLY_READS = tuple(t for t in TENANT_TABLES if "SELECT" not in RUNTIME_GRANTS.get(t, ""))
 
 
 async def create_plan(nc: NatsClient, token: str, **data: object) -> str:
@@ -70,7 +74,7 @@ async def test_read_without_token_is_401_operation_outcome(service: RunningServi
 async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
     service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, database: DatabaseUrls
 ) -> None:
-    # Given data in every tenant table (plan, goal, task, team, history, provenance, command log, outbox)
+    # Given data in every tenant table it may read (plan, goal, task, team, history, provenance, command log)
     caller = Caller(nc, service.http_url, token_for(tenant))
     plan_id = await create_plan(nc, token_for(tenant))
     await caller.ok("goal.add", {"care_plan_id": plan_id, "description": {"text": "g"}})
@@ -79,7 +83,7 @@ async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
     runtime = create_engine(database.runtime, pool_size=1)
     admin = create_engine(database.admin, pool_size=1)
     try:
-        for table in TENANT_TABLES:
+        for table in (t for t in TENANT_TABLES if t not in SYSTEM_ONLY_READS):
             async with admin.connect() as conn:
                 present = await conn.scalar(
                     text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant}
@@ -88,10 +92,10 @@ async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
             assert present or table == "search_string", table
             # When the runtime role reads without app.tenant_id set, and with another tenant set
             async with runtime.connect() as conn:
-                unset = await conn.scalar(text(f"SELECT count(*) FROM {table}")) if table != "outbox" else 0
+                unset = await conn.scalar(text(f"SELECT count(*) FROM {table}"))
             async with runtime.connect() as conn, conn.begin():
                 await conn.execute(text("SELECT set_config('app.tenant_id', 'someone-else', true)"))
-                other = await conn.scalar(text(f"SELECT count(*) FROM {table}")) if table != "outbox" else 0
+                other = await conn.scalar(text(f"SELECT count(*) FROM {table}"))
             # Then it sees nothing
             assert unset == 0, table
             assert other == 0, table
@@ -100,15 +104,17 @@ async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
         await admin.dispose()
 
 
-async def test_runtime_role_cannot_read_the_outbox_at_all(
-    service: RunningService, database: DatabaseUrls
+@pytest.mark.parametrize("table", SYSTEM_ONLY_READS)
+async def test_runtime_role_cannot_read_the_system_roles_tables_at_all(
+    service: RunningService, database: DatabaseUrls, table: str
 ) -> None:
-    """The runtime role only appends to the outbox; reading it across tenants is the relay's job."""
+    """The runtime role only appends to the outbox and never sees the scheduler's markers: reading them
+    across tenants is the relay's and the scheduler's job."""
     runtime = create_engine(database.runtime, pool_size=1)
     try:
         async with runtime.connect() as conn:
             with pytest.raises(DBAPIError, match="permission denied"):
-                await conn.execute(text("SELECT count(*) FROM outbox"))
+                await conn.execute(text(f"SELECT count(*) FROM {table}"))
     finally:
         await runtime.dispose()
 
