@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from domain.schedule import goal_overdue, review_due, summary_period
-from handlers.ports import GoalCounts, OutboxMessage, ScheduleStore
+from handlers.ports import GoalCounts, OutboxMessage, ScheduleCandidate, ScheduleStore
 from schemas.events import CloudEvent, event_subject
 
 GOAL_OVERDUE = "goal.overdue"
@@ -39,7 +39,7 @@ class Sweep:
 
 async def signal_overdue_goals(store: ScheduleStore, sweep: Sweep, new_id: Callable[[], uuid.UUID]) -> int:
     sent = 0
-    for candidate in await store.overdue_goal_candidates(sweep.today, BATCH):
+    async for candidate in _all_candidates(lambda: store.overdue_goal_candidates(sweep.today, BATCH)):
         async with store.claim_plan(candidate.tenant_id, candidate.plan_id) as claim:
             if claim is None:
                 continue
@@ -64,7 +64,7 @@ async def signal_overdue_goals(store: ScheduleStore, sweep: Sweep, new_id: Calla
 
 async def signal_reviews_due(store: ScheduleStore, sweep: Sweep, new_id: Callable[[], uuid.UUID]) -> int:
     sent = 0
-    for candidate in await store.review_due_candidates(sweep.today, BATCH):
+    async for candidate in _all_candidates(lambda: store.review_due_candidates(sweep.today, BATCH)):
         async with store.claim_plan(candidate.tenant_id, candidate.plan_id) as claim:
             if claim is None:
                 continue
@@ -111,6 +111,22 @@ async def send_goal_achievement_summaries(
             )
             sent += 1
     return sent
+
+
+async def _all_candidates(
+    query: Callable[[], Awaitable[list[ScheduleCandidate]]],
+) -> AsyncIterator[ScheduleCandidate]:
+    """Batch after batch while full ones keep coming (a backlog, e.g. after downtime) and the last one was
+    not all skipped: candidates whose plan a command holds come back in every batch until the next sweep."""
+    seen: set[ScheduleCandidate] = set()
+    while True:
+        batch = await query()
+        fresh = [c for c in batch if c not in seen]
+        for candidate in fresh:
+            yield candidate
+        seen.update(fresh)
+        if len(batch) < BATCH or not fresh:
+            return
 
 
 def _summary(counts: GoalCounts) -> dict[str, Any]:

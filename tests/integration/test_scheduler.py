@@ -11,8 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from nats.aio.client import Client as NatsClient
 
+from handlers import scheduler as scheduler_use_cases
 from service.runner import RunningService
 from service.scheduler import Scheduler
 from storage.schedule_store import SqlScheduleStore
@@ -197,3 +199,24 @@ async def test_goal_achievement_summary_counts_its_tenant_only_once_per_period(
     assert event["type"] == "careplan.metrics.goal_achievement"
     other_event = await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}x.metrics.goal_achievement")
     assert other_event["data"]["total_goals"] == 1
+
+
+async def test_one_sweep_works_through_a_backlog_larger_than_its_batch(
+    service: RunningService,
+    nc: NatsClient,
+    tenant: str,
+    token_for: TokenFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler_use_cases, "BATCH", 2)
+    caller = Caller(nc, service.http_url, token_for(tenant))
+    plan_id = await new_plan(caller)
+    due = DUE - timedelta(days=400)  # before every other test's dates: this backlog comes first
+    for _ in range(5):
+        await add_goal(caller, plan_id, due)
+
+    (replica,) = schedulers(service, Clock(DAY_AFTER), count=1)
+    result = await replica.sweep()
+
+    assert result.goals_overdue >= 5
+    assert await settled_count(nc, f"careplan.evt.{tenant}.goal.overdue") == 5
