@@ -18,12 +18,14 @@ from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
 from handlers.ports import AuthenticationFailed, Clock, IdFactory, TokenVerifier, UnitOfWorkFactory
 from handlers.registry import COMMANDS, CommandSpec
-from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, CommandEnvelope
+from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
 from schemas.fhir_validation import InvalidFhirResource
 from schemas.replies import ErrorBody, Reply, ResultBody
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+# A reply must fit in one NATS message (1 MiB): a body with thousands of faults lists the first ones.
+MAX_REPORTED_ERRORS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,12 @@ class CommandProcessor:
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"body is {len(incoming.body)} bytes; the limit is {MAX_BODY_BYTES}",
                     {"limit_bytes": MAX_BODY_BYTES},
+                )
+            if "\x00" in (incoming.correlation_id or ""):
+                raise Rejection(
+                    ErrorCode.VALIDATION_ERROR,
+                    "the correlation_id header may not contain NUL",
+                    {"errors": [{"path": "headers.correlation_id", "message": "contains NUL"}]},
                 )
             principal = await authenticate_headers(self._verifier, incoming.headers)
             spec = COMMANDS.get(incoming.command_name)
@@ -175,6 +183,7 @@ def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
             "body must be a JSON object",
             {"errors": [{"path": "", "message": "expected an object"}]},
         )
+    _reject_unstorable(raw)
     envelope = _validate(CommandEnvelope, raw, prefix=())
     return envelope, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
 
@@ -191,9 +200,36 @@ def _validate(model: type[M], value: Any, *, prefix: tuple[str, ...]) -> M:
             }
             for err in exc.errors(include_url=False, include_input=False)
         ]
-        raise Rejection(
-            ErrorCode.VALIDATION_ERROR, f"{len(errors)} validation error(s)", {"errors": errors}
-        ) from exc
+        details: dict[str, Any] = {"errors": errors[:MAX_REPORTED_ERRORS]}
+        if len(errors) > MAX_REPORTED_ERRORS:
+            details["error_count"] = len(errors)
+        raise Rejection(ErrorCode.VALIDATION_ERROR, f"{len(errors)} validation error(s)", details) from exc
+
+
+def _reject_unstorable(body: Any) -> None:
+    """What no command may hold, whatever its schema: NUL characters (Postgres text and jsonb refuse
+    them) and nesting deeper than MAX_JSON_DEPTH (the canonical re-encoding refuses past 255). Left to
+    the database or the encoder, either one fails late and is retried as if transient; here the first
+    one found is a VALIDATION_ERROR."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), body)]
+    while stack:
+        path, value = stack.pop()
+        problem = None
+        if len(path) > MAX_JSON_DEPTH:
+            problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
+        elif isinstance(value, str) and "\x00" in value:
+            problem = "contains NUL"
+        elif isinstance(value, dict):
+            stack.extend(((*path, key), child) for key, child in value.items())
+            problem = next(("a field name contains NUL" for key in value if "\x00" in key), None)
+        elif isinstance(value, list):
+            stack.extend(((*path, index), child) for index, child in enumerate(value))
+        if problem is not None:
+            raise Rejection(
+                ErrorCode.VALIDATION_ERROR,
+                problem,
+                {"errors": [{"path": ".".join(str(p) for p in path), "message": problem}]},
+            )
 
 
 def error_reply(command_id: str | None, rejection: Rejection) -> Reply:

@@ -6,7 +6,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BeforeValidator, Field, StringConstraints, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from schemas.common import (
     CodeableConceptIn,
@@ -22,6 +22,8 @@ from schemas.common import (
 )
 
 MAX_BODY_BYTES = 256 * 1024
+# No command nests anywhere near this deep; the bound keeps hostile bodies from failing late.
+MAX_JSON_DEPTH = 32
 COMMAND_SUBJECT_PREFIX = "careplan.cmd."
 
 
@@ -114,7 +116,7 @@ ActivityKindIn = Literal[
     "ServiceRequest",
     "VisionPrescription",
 ]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+Reason = ShortText
 
 
 class CarePlanChanges(WireModel):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,8 +19,11 @@ from pydantic import (
 
 # Ids are opaque to us but must be safe as FHIR ids: [A-Za-z0-9-.]{1,64}.
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
-LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+# FHIR's `string` pattern, [ \r\n\t\S]+, searched as FHIR's own models do: text made only of other
+# whitespace (U+00A0, U+2028, form feed …) is no FHIR string, and would fail rendering as INTERNAL.
+_FHIR_STRING = r"[ \r\n\t\S]"
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=_FHIR_STRING)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000, pattern=_FHIR_STRING)]
 Uri = Annotated[str, StringConstraints(pattern=r"^\S{1,512}$")]
 Code = Annotated[str, StringConstraints(pattern=r"^[^\s]+( [^\s]+)*$", max_length=256)]
 
@@ -44,7 +49,17 @@ def parse_fhir_date_time(value: object) -> date | datetime:
         raise ValueError("must be a date or date-time string")
     if isinstance(parsed, datetime) and parsed.tzinfo is None:
         raise ValueError("a date-time needs a time zone (e.g. Z or +01:00)")
-    return parsed
+    return in_utc_range(parsed) if isinstance(parsed, datetime) else parsed
+
+
+def in_utc_range(value: datetime) -> datetime:
+    """We store and render instants in UTC: 0001-01-01T00:00+14:00 is valid ISO 8601, but not a
+    datetime once in UTC."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("out of range once converted to UTC") from exc
+    return value
 
 
 DateOrDateTime = Annotated[
@@ -52,6 +67,8 @@ DateOrDateTime = Annotated[
     PlainValidator(parse_fhir_date_time),
     WithJsonSchema({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}),
 ]
+# An instant (a note's time): a date-time with its zone, as the contract says of every date-time.
+Instant = Annotated[AwareDatetime, AfterValidator(in_utc_range)]
 
 
 class WireModel(BaseModel):
@@ -91,11 +108,11 @@ class PeriodIn(WireModel):
 class NoteIn(WireModel):
     text: LongText
     author_id: FhirId | None = None
-    time: datetime | None = None
+    time: Instant | None = None
 
 
 class QuantityIn(WireModel):
-    value: float
+    value: float = Field(allow_inf_nan=False)
     unit: ShortText | None = None
     system: Uri | None = None
     code: Code | None = None
