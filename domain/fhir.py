@@ -35,7 +35,8 @@ ASSESS_PLAN = CodeableConcept(
 def fhir_instant(moment: datetime) -> str:
     """An R4 `instant`: UTC with milliseconds, e.g. 2026-11-25T10:00:00.123Z."""
     utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Not strftime's %Y: on Linux it does not pad years below 1000, and FHIR wants four digits.
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 def fhir_date_or_datetime(value: date | datetime) -> str:

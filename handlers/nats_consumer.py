@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -135,13 +136,33 @@ async def handle_delivery(
 
 
 async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply) -> None:
+    """Best effort, like every core NATS reply: the outcome is stored, and a caller who misses the reply
+    asks for it. A failed or impossible reply must never keep the message from being acked."""
     reply_to = incoming.headers.get("reply_to")
     if not reply_to:
+        return
+    if not is_reply_subject(reply_to):
+        log.info("command %s: reply_to is not a subject we can publish to; no reply", incoming.message_id)
         return
     headers = {"content-type": "application/json"}
     if incoming.correlation_id:
         headers["correlation_id"] = incoming.correlation_id
-    await broker.publish(orjson.dumps(reply.to_wire()), subject=reply_to, headers=headers)
+    try:
+        await broker.publish(orjson.dumps(reply.to_wire()), subject=reply_to, headers=headers)
+    except Exception as exc:
+        log.warning("command %s: reply not sent: %s: %s", incoming.message_id, type(exc).__name__, exc)
+
+
+MAX_REPLY_SUBJECT = 256
+_SUBJECT_TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no whitespace
+
+
+def is_reply_subject(subject: str) -> bool:
+    """A subject a reply can go to: short (a long one breaks nats-server's control line and costs us the
+    connection), printable ASCII tokens, none empty, no wildcards."""
+    if len(subject) > MAX_REPLY_SUBJECT:
+        return False
+    return all(_SUBJECT_TOKEN.fullmatch(t) and t not in ("*", ">") for t in subject.split("."))
 
 
 async def _dead_letter(

@@ -131,13 +131,12 @@ async def _serve(settings: Settings) -> int:
     from service.runner import StartupRefused, serve_until_signalled
 
     try:
-        await serve_until_signalled(
+        return await serve_until_signalled(
             settings.model_copy(update={"upstream_mode": settings.upstream_mode or "nats"})
         )
     except StartupRefused as exc:
         print(f"careplan serve: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 async def _scheduler(settings: Settings) -> int:

@@ -70,8 +70,8 @@ def run_dev(settings: Settings) -> int:
             )
         )
         _print_next_steps(settings, http_url)
-        asyncio.run(serve_until_signalled(settings))
-    return 0
+        code = asyncio.run(serve_until_signalled(settings))
+    return code
 
 
 def _print_next_steps(settings: Settings, http_url: str) -> None:

@@ -59,6 +59,7 @@ class RunningService:
     http_runner: web.AppRunner
     http_port: int
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    connection_lost: asyncio.Event = field(default_factory=asyncio.Event)  # a NATS connection closed for good
     relay_task: asyncio.Task[None] | None = None
     scheduler: Scheduler | None = None
     scheduler_task: asyncio.Task[None] | None = None
@@ -120,7 +121,9 @@ async def start_service(settings: Settings) -> RunningService:
         role_permissions=settings.role_table(),
     )
 
-    relay_events, command_events = _NatsEvents("relay"), _NatsEvents("commands")
+    stop_event, connection_lost = asyncio.Event(), asyncio.Event()
+    relay_events = _NatsEvents("relay", stop_event, connection_lost)
+    command_events = _NatsEvents("commands", stop_event, connection_lost)
     nc = await nats.connect(
         servers=settings.nats_servers(),
         name="careplan-relay",
@@ -128,6 +131,7 @@ async def start_service(settings: Settings) -> RunningService:
         error_cb=relay_events.error,
         disconnected_cb=relay_events.disconnected,
         reconnected_cb=relay_events.reconnected,
+        closed_cb=relay_events.closed,
     )
     js = nc.jetstream()
     await ensure_topology(js, policy)
@@ -151,6 +155,7 @@ async def start_service(settings: Settings) -> RunningService:
         error_cb=command_events.error,
         disconnected_cb=command_events.disconnected,
         reconnected_cb=command_events.reconnected,
+        closed_cb=command_events.closed,
     )
     register_command_consumer(broker, processor, policy)
     register_outcome_query(
@@ -186,7 +191,18 @@ async def start_service(settings: Settings) -> RunningService:
     port = _bound_port(site, settings.http_port)
 
     await broker.start()
-    service = RunningService(settings, broker, nc, runtime_engine, system_engine, relay, http_runner, port)
+    service = RunningService(
+        settings,
+        broker,
+        nc,
+        runtime_engine,
+        system_engine,
+        relay,
+        http_runner,
+        port,
+        stop_event=stop_event,
+        connection_lost=connection_lost,
+    )
     service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
     service.scheduler = scheduler_for(settings, system_engine)
     service.scheduler_task = asyncio.create_task(service.scheduler.run(service.stop_event), name="scheduler")
@@ -196,9 +212,12 @@ async def start_service(settings: Settings) -> RunningService:
 
 @dataclass(frozen=True)
 class _NatsEvents:
-    """One log line per NATS connection event, instead of nats-py's traceback per reconnect attempt."""
+    """One log line per NATS connection event, instead of nats-py's traceback per reconnect attempt.
+    A connection closed for good (not by our own stop) ends the process: nothing would be served."""
 
     connection: str
+    stopping: asyncio.Event
+    lost_for_good: asyncio.Event
 
     async def error(self, exc: Exception) -> None:
         log.warning("NATS %s connection: %s: %s", self.connection, type(exc).__name__, exc)
@@ -208,6 +227,13 @@ class _NatsEvents:
 
     async def reconnected(self) -> None:
         log.info("NATS %s connection re-established", self.connection)
+
+    async def closed(self) -> None:
+        if not self.stopping.is_set():
+            log.error(
+                "NATS %s connection closed for good; stopping so the supervisor restarts us", self.connection
+            )
+            self.lost_for_good.set()
 
 
 def scheduler_for(settings: Settings, system_engine: AsyncEngine) -> Scheduler:
@@ -250,8 +276,8 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
     return configured
 
 
-async def serve_until_signalled(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+async def serve_until_signalled(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT (exit code 0) or a NATS connection is lost for good (1), then drain."""
     service = await start_service(settings)
     print(f"care-plan-service ready: HTTP {service.http_url}, NATS {settings.nats_url}", flush=True)
     stop = asyncio.Event()
@@ -262,11 +288,15 @@ async def serve_until_signalled(settings: Settings) -> None:
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.connection_lost.wait())]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiter in waits:
+            waiter.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
             signal.signal(sig, previous[sig])
         print("care-plan-service stopping: draining in-flight commands", flush=True)
         await service.stop()
+    return 1 if service.connection_lost.is_set() else 0
