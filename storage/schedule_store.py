@@ -17,6 +17,7 @@ from domain.schedule import GOAL_CAN_BE_OVERDUE, GOAL_ON_TRACK, PLAN_UNDER_REVIE
 from handlers.ports import GoalCounts, OutboxMessage, ScheduleCandidate
 from storage import tables
 from storage.aggregates import goal_from_state, plan_from_state
+from storage.unit_of_work import insert_outbox
 
 _OVERDUE_GOALS = text(
     """
@@ -72,19 +73,7 @@ class _Writes:
         return inserted is not None
 
     async def add_to_outbox(self, messages: list[OutboxMessage]) -> None:
-        if messages:
-            await self.conn.execute(
-                insert(tables.outbox),
-                [
-                    {
-                        "tenant_id": self.tenant_id,
-                        "event_id": m.event_id,
-                        "subject": m.subject,
-                        "payload": m.payload,
-                    }
-                    for m in messages
-                ],
-            )
+        await insert_outbox(self.conn, self.tenant_id, messages)
 
 
 class SqlPlanClaim(_Writes):

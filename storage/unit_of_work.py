@@ -168,17 +168,16 @@ class SqlUnitOfWork:
     # --- outbox ---
 
     async def add_to_outbox(self, messages: list[OutboxMessage]) -> None:
-        if not messages:
-            return
-        await self.conn.execute(
+        await insert_outbox(self.conn, self.tenant_id, messages)
+
+
+async def insert_outbox(conn: AsyncConnection, tenant_id: str, messages: list[OutboxMessage]) -> None:
+    """Outbox rows in the caller's transaction; the relay publishes them once it commits."""
+    if messages:
+        await conn.execute(
             insert(tables.outbox),
             [
-                {
-                    "tenant_id": self.tenant_id,
-                    "event_id": m.event_id,
-                    "subject": m.subject,
-                    "payload": m.payload,
-                }
+                {"tenant_id": tenant_id, "event_id": m.event_id, "subject": m.subject, "payload": m.payload}
                 for m in messages
             ],
         )
