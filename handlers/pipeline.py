@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from domain.access import DEFAULT_ROLE_PERMISSIONS, Principal, authorize_write
 from domain.errors import DomainError
+from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
 from handlers.ports import AuthenticationFailed, Clock, IdFactory, TokenVerifier, UnitOfWorkFactory
@@ -92,6 +93,7 @@ class CommandProcessor:
             except DomainError as exc:
                 raise rejection_for(exc) from exc
             data = _validate(spec.data_model, envelope.data, prefix=("data",))
+            reject_invalid_codes(data)
             request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
             return await self._execute_once(spec, principal, envelope, data, request_hash, incoming)
         except Rejection as rejection:

@@ -246,3 +246,46 @@ async def test_a_one_mib_body_never_reaches_the_worker_and_the_worker_goes_on(
     # ... and the next command is served as usual.
     reply = await send_command(nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant))
     assert reply["ok"] is True
+
+
+SNOMED = "http://snomed.info/sct"
+
+
+async def test_a_mistyped_snomed_code_is_an_invalid_code_and_nothing_is_written(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    # 44054006 (type 2 diabetes) with two digits swapped: the Verhoeff check digit catches it
+    addresses = [{"coding": [{"system": SNOMED, "code": "44045006", "display": "Diabetes"}]}]
+    reply = await send_command(
+        nc, "careplan.create", envelope(CARE_PLAN | {"addresses": addresses}), token=token_for(tenant)
+    )
+    assert reply["ok"] is False
+    assert reply["status"] == 422
+    assert reply["error"]["code"] == "INVALID_CODE"
+    (error,) = reply["error"]["details"]["errors"]
+    assert error["path"] == "data.addresses.0.coding.0"
+    assert (error["system"], error["code"]) == (SNOMED, "44045006")
+    assert "check digit" in error["message"]
+    await assert_nothing_written(admin_engine, tenant)
+
+
+async def test_every_mistyped_code_of_a_goal_is_listed(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    plan = await send_command(nc, "careplan.create", envelope(CARE_PLAN), token=token_for(tenant))
+    goal = {
+        "care_plan_id": plan["result"]["id"],
+        "description": {"coding": [{"system": SNOMED, "code": "44054006"}]},  # a real one passes
+        "targets": [
+            {
+                "measure": {"coding": [{"system": "http://loinc.org", "code": "4548-5"}]},
+                "due_date": "2027-01-01",
+            }
+        ],
+        "addresses": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "e11.9"}]}],
+    }
+    reply = await send_command(nc, "goal.add", envelope(goal), token=token_for(tenant))
+    assert reply["error"]["code"] == "INVALID_CODE"
+    paths = [e["path"] for e in reply["error"]["details"]["errors"]]
+    assert paths == ["data.targets.0.measure.coding.0", "data.addresses.0.coding.0"]
+    assert await count_rows(admin_engine, "goals", tenant) == 0
