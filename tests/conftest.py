@@ -39,6 +39,18 @@ class DatabaseUrls:
     name: str
 
 
+def database_urls(server_admin: str, name: str) -> DatabaseUrls:
+    """Database `name` on the server, as the owner and as the test runtime and system roles."""
+    admin = with_database(server_admin, name)
+    return DatabaseUrls(
+        admin=admin,
+        runtime=with_database(admin, name, user=RUNTIME_ROLE[0], password=RUNTIME_ROLE[1]),
+        system=with_database(admin, name, user=SYSTEM_ROLE[0], password=SYSTEM_ROLE[1]),
+        server_admin=server_admin,
+        name=name,
+    )
+
+
 @pytest.fixture(scope="session")
 def short_tmp() -> Iterator[Path]:
     """Under /tmp: Unix socket paths must stay short."""
@@ -84,14 +96,7 @@ async def _delete_our_streams(url: str) -> None:
 def database(postgres_server_url: str) -> Iterator[DatabaseUrls]:
     name = f"careplan_test_{uuid.uuid4().hex[:10]}"
     asyncio.run(ensure_database(postgres_server_url, name))
-    admin = with_database(postgres_server_url, name)
-    urls = DatabaseUrls(
-        admin=admin,
-        runtime=with_database(admin, name, user=RUNTIME_ROLE[0], password=RUNTIME_ROLE[1]),
-        system=with_database(admin, name, user=SYSTEM_ROLE[0], password=SYSTEM_ROLE[1]),
-        server_admin=postgres_server_url,
-        name=name,
-    )
+    urls = database_urls(postgres_server_url, name)
     asyncio.run(migrate(urls.admin, urls.runtime, urls.system))
     yield urls
     asyncio.run(drop_database(postgres_server_url, name))

@@ -29,9 +29,9 @@ from sqlalchemy import text
 
 from service.dev_identity import DevKeys
 from service.embedded import EmbeddedNats, EmbeddedPostgres
-from storage.database import create_engine, drop_database, ensure_database, with_database
+from storage.database import create_engine, drop_database, ensure_database
 from storage.migrate import migrate
-from tests.conftest import RUNTIME_ROLE, SYSTEM_ROLE, DatabaseUrls
+from tests.conftest import DatabaseUrls, database_urls
 
 CAREPLAN = Path(sys.executable).parent / "careplan"
 READY = "care-plan-service ready: HTTP "
@@ -190,14 +190,7 @@ async def fault_lab(
     server_url = own_postgres.url() if own_postgres is not None else postgres_server_url
     name = f"careplan_lab_{uuid.uuid4().hex[:10]}"
     await ensure_database(server_url, name)
-    admin = with_database(server_url, name)
-    database = DatabaseUrls(
-        admin=admin,
-        runtime=with_database(admin, name, user=RUNTIME_ROLE[0], password=RUNTIME_ROLE[1]),
-        system=with_database(admin, name, user=SYSTEM_ROLE[0], password=SYSTEM_ROLE[1]),
-        server_admin=server_url,
-        name=name,
-    )
+    database = database_urls(server_url, name)
     await migrate(database.admin, database.runtime, database.system)
     nats_server = EmbeddedNats(workdir / "nats", port=free_port())
     nats_server.start()
