@@ -50,8 +50,11 @@ VALIDATION = frozenset({"VALIDATION_ERROR"})
 UNAUTHENTICATED = frozenset({"UNAUTHENTICATED"})
 NO_FAULT: frozenset[str] = frozenset()
 # What a command without a definite fault may get: its effect, or a domain answer (the seeded resources
-# move on while the run goes, and a "maybe" mutation may still break the schema).
-DOMAIN_OUTCOMES = frozenset({OK, "VALIDATION_ERROR", "NOT_FOUND", "VERSION_CONFLICT", "INVALID_TRANSITION"})
+# move on while the run goes, a "maybe" mutation may still break the schema, and a string mutation that
+# lands on a coding's code makes a SNOMED CT or LOINC code that fails its check digit).
+DOMAIN_OUTCOMES = frozenset(
+    {OK, "VALIDATION_ERROR", "NOT_FOUND", "VERSION_CONFLICT", "INVALID_TRANSITION", "INVALID_CODE"}
+)
 CONTRACT_CODES = frozenset(code.value for code in ErrorCode)
 
 PLANS = ("plan-0", "plan-1", "plan-missing")
