@@ -36,12 +36,13 @@ class JwksSource:
         self._lock = asyncio.Lock()
 
     async def key_for(self, kid: str | None) -> PyJWK:
-        now = time.monotonic()
-        if now - self._fetched_at > self._ttl_s:
-            await self._refresh()
+        seen = self._fetched_at
+        if time.monotonic() - seen > self._ttl_s:
+            await self._refresh(unless_since=seen)
         key = self._pick(kid)
-        if key is None and time.monotonic() - self._fetched_at > self._min_refresh_s:
-            await self._refresh()
+        seen = self._fetched_at
+        if key is None and time.monotonic() - seen > self._min_refresh_s:
+            await self._refresh(unless_since=seen)
             key = self._pick(kid)
         if key is None:
             raise AuthenticationFailed("token signed with an unknown key")
@@ -52,8 +53,12 @@ class JwksSource:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, unless_since: float) -> None:
+        """Fetch, unless another caller did while this one waited for the lock: a burst of tokens with an
+        unknown kid (a rotation, or forgeries) costs one fetch, not one each."""
         async with self._lock:
+            if self._fetched_at != unless_since:
+                return
             document = await self._load()
             keys: dict[str, PyJWK] = {}
             for index, entry in enumerate(document.get("keys", [])):

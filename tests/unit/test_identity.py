@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -112,3 +113,59 @@ async def test_rs256_keys_served_over_http_are_used_and_cached(unused_tcp_port: 
         await runner.cleanup()
     assert first.tenant_id == second.tenant_id == "t1"
     assert fetches == 1
+
+
+def _rsa_jwk(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, object]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(RSAAlgorithm.to_jwk(private.public_key())) | {
+        "kid": kid,
+        "alg": "RS256",
+        "use": "sig",
+    }
+    return private, public
+
+
+async def test_a_key_rotation_at_identity_service_needs_no_restart(unused_tcp_port: int) -> None:
+    """The JWKS server rotates mid-test: the new key is fetched on its first unknown kid, the withdrawn key
+    stops verifying, and a burst of tokens with unknown kids costs one fetch, not one each."""
+    old_private, old_jwk = _rsa_jwk("2026-old")
+    new_private, new_jwk = _rsa_jwk("2026-new")
+    served: list[dict[str, object]] = [old_jwk]
+    fetches = 0
+
+    async def jwks(_: web.Request) -> web.Response:
+        nonlocal fetches
+        fetches += 1
+        return web.json_response({"keys": served})
+
+    def token(private: rsa.RSAPrivateKey, kid: str, tenant: str) -> str:
+        claims = {"sub": "u", "tenant_id": tenant, "aud": "care-plan-service", "exp": int(time.time()) + 60}
+        return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        source = JwksSource(f"http://127.0.0.1:{unused_tcp_port}/jwks.json", min_refresh_s=0.2)
+        checker = JwtVerifier(source, issuer=None, audience="care-plan-service")
+        assert (await checker.verify(token(old_private, "2026-old", "t1"))).tenant_id == "t1"
+        assert fetches == 1
+
+        # identity-service rotates: only the new key is published now
+        served[:] = [new_jwk]
+        await asyncio.sleep(0.25)  # past the refetch interval
+        assert (await checker.verify(token(new_private, "2026-new", "t2"))).tenant_id == "t2"
+        assert fetches == 2
+        with pytest.raises(AuthenticationFailed, match="unknown key"):
+            await checker.verify(token(old_private, "2026-old", "t1"))
+
+        await asyncio.sleep(0.25)
+        forged = [token(old_private, f"forged-{n}", "t3") for n in range(50)]
+        before = fetches
+        outcomes = await asyncio.gather(*(checker.verify(t) for t in forged), return_exceptions=True)
+    finally:
+        await runner.cleanup()
+    assert all(isinstance(o, AuthenticationFailed) for o in outcomes)
+    assert fetches - before == 1
