@@ -11,7 +11,6 @@ import logging
 import signal
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import nats
@@ -32,7 +31,7 @@ from handlers.nats_consumer import (
 from handlers.pipeline import CommandProcessor
 from integrations.identity import JwksSource, JwtVerifier
 from service.http import create_http_app
-from service.scheduler import Scheduler
+from service.scheduler import Scheduler, utc_now
 from service.settings import Settings
 from service.topology import ensure_topology
 from storage.database import create_engine
@@ -80,10 +79,6 @@ class RunningService:
             await self.nc.drain()
         await self.runtime_engine.dispose()
         await self.system_engine.dispose()
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def start_service(settings: Settings) -> RunningService:

@@ -11,6 +11,8 @@ import time
 from collections import defaultdict
 from datetime import datetime
 
+from nats.aio.client import Client as NatsClient
+
 from handlers.nats_consumer import DeliveryPolicy
 from service.dev_identity import DevKeys
 from service.embedded import EmbeddedPostgres
@@ -20,6 +22,16 @@ from tests.faults.load import CommandLoad, assert_each_command_applied_once, ass
 POSTGRES_OUTAGE_S = 30.0
 NATS_OUTAGE_S = 60.0
 TENANT = "t-outage"
+
+
+async def commands_in_flight(nc: NatsClient, keys: DevKeys, rng: random.Random) -> CommandLoad:
+    """10 plans, then 150 changes sent at once; returns once 30 are answered and the rest in flight."""
+    load = CommandLoad(nc, keys.mint(tenant_id=TENANT, roles=["clinician"]))
+    await load.start()
+    await load.create_plans(10)
+    await load.send_changes(150, rng)
+    await load.at_least_answered(10 + 30)
+    return load
 
 
 async def _not_ready_because(process: ServeProcess, check: str) -> bool:
@@ -38,11 +50,7 @@ async def test_postgres_stopped_for_30_s_under_load(
     nc = await lab.connect()
     rng = random.Random(5)
     try:
-        load = CommandLoad(nc, keys.mint(tenant_id=TENANT, roles=["clinician"]))
-        await load.start()
-        await load.create_plans(10)
-        await load.send_changes(150, rng)
-        await load.at_least_answered(10 + 30)
+        load = await commands_in_flight(nc, keys, rng)
 
         # When Postgres stops while commands are in flight and more keep arriving
         postgres.stop()
@@ -106,11 +114,7 @@ async def test_nats_server_stopped_for_a_minute_under_load(lab: Lab, keys: DevKe
     nc = await lab.connect()
     rng = random.Random(10)
     try:
-        load = CommandLoad(nc, keys.mint(tenant_id=TENANT, roles=["clinician"]))
-        await load.start()
-        await load.create_plans(10)
-        await load.send_changes(150, rng)
-        await load.at_least_answered(10 + 30)
+        load = await commands_in_flight(nc, keys, rng)
 
         # When nats-server stops with commands in the stream, some in flight and their events in the outbox
         lab.nats.stop()
