@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class DomainError(Exception):
     """A business rule said no. Final: retrying the same command gives the same answer."""
@@ -72,3 +74,38 @@ class ClosedForChanges(DomainError):
         self.resource = resource
         self.status = status
         self.action = action
+
+
+class UnknownReference(DomainError):
+    """A patient, encounter or practitioner the command names does not exist for the tenant, is inactive,
+    or (an encounter) belongs to another patient: the service that owns it said so. Lists every one."""
+
+    def __init__(self, problems: tuple[ReferenceProblem, ...]) -> None:
+        first = problems[0]
+        super().__init__(f"{first.resource_type}/{first.resource_id}: {first.message}")
+        self.problems = problems
+
+
+class CodeNotValid(DomainError):
+    """Terminology said a coding's code does not exist in its system. Lists every one."""
+
+    def __init__(self, problems: tuple[CodeProblem, ...]) -> None:
+        first = problems[0]
+        super().__init__(f"{first.system}|{first.code}: {first.message}")
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceProblem:
+    path: str
+    resource_type: str  # Patient, Encounter or Practitioner
+    resource_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodeProblem:
+    path: str
+    system: str
+    code: str
+    message: str

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from domain.care_plan import CarePlanAggregate
-from domain.errors import VersionConflict
+from domain.entities import CarePlan
+from domain.errors import Unavailable, VersionConflict
 from domain.statuses import CarePlanIntent, CarePlanStatus
 from handlers import translate
 from handlers.context import CommandContext, CommandResult
@@ -41,6 +42,7 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
         review=translate.review(data.review),
         notes=translate.notes(data.notes),
     )
+    _ensure_encounter_checked(ctx, None, aggregate.plan)
     await store_changes(uow, ctx, aggregate, operation="CREATE")
     return result("CarePlan", aggregate.plan, created=True)
 
@@ -48,6 +50,7 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
 async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
     """`careplan.update`: a merge-patch of the create fields (status has its own command)."""
     aggregate = await load_plan(uow, data.care_plan_id)
+    before = (aggregate.plan.patient_id, aggregate.plan.encounter_id)
     changes = translate.merge_patch(
         data.changes,
         {
@@ -60,6 +63,7 @@ async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitO
         },
     )
     aggregate.update(changes, expected_version=ctx.expected_version, now=ctx.now)
+    _ensure_encounter_checked(ctx, before, aggregate.plan)
     await store_changes(uow, ctx, aggregate, operation="UPDATE")
     return result("CarePlan", aggregate.plan)
 
@@ -104,3 +108,18 @@ async def complete_review(
     )
     await store_changes(uow, ctx, aggregate, operation="UPDATE")
     return result("CarePlan", aggregate.plan)
+
+
+def _ensure_encounter_checked(
+    ctx: CommandContext, before: tuple[str, str | None] | None, plan: CarePlan
+) -> None:
+    """Scheduling confirmed the encounter as the patient's before the transaction, from the plan as it was
+    read then; a command that changed the plan's patient or encounter meanwhile would pair them unchecked,
+    so this one is retried (and checked again) instead."""
+    if not ctx.upstream_checked or plan.encounter_id is None:
+        return
+    if before == (plan.patient_id, plan.encounter_id):
+        return
+    checked = ctx.checked_encounter
+    if checked is None or (checked.encounter_id, checked.patient_id) != (plan.encounter_id, plan.patient_id):
+        raise Unavailable("scheduling", "the plan's patient or encounter changed while they were checked")

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from domain.access import Principal
 from handlers.ports import IdFactory
+from handlers.upstream_checks import CheckedEncounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,9 @@ class CommandContext:
     expected_version: int | None
     now: datetime
     new_id: IdFactory
+    # Set when upstream services were asked before the transaction (CAREPLAN_UPSTREAM_MODE=nats).
+    upstream_checked: bool = False
+    checked_encounter: CheckedEncounter | None = None
 
     @property
     def tenant_id(self) -> str:

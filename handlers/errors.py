@@ -7,12 +7,14 @@ from typing import Any
 
 from domain.errors import (
     ClosedForChanges,
+    CodeNotValid,
     DomainError,
     InvalidTransition,
     InvalidValue,
     ModuleNotLicensed,
     NotFound,
     NotPermitted,
+    UnknownReference,
     VersionConflict,
 )
 
@@ -53,6 +55,14 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.INTERNAL: 500,
+}
+
+# When a command names several unknown things, the reply's code is the first kind in this order; its
+# details list them all.
+_REFERENCE_CODES = {
+    "Patient": ErrorCode.PATIENT_NOT_FOUND,
+    "Encounter": ErrorCode.ENCOUNTER_NOT_FOUND,
+    "Practitioner": ErrorCode.PRACTITIONER_NOT_FOUND,
 }
 
 
@@ -97,4 +107,32 @@ def rejection_for(error: DomainError) -> Rejection:
             return Rejection(ErrorCode.MODULE_NOT_LICENSED, str(error))
         case NotPermitted(permission=permission):
             return Rejection(ErrorCode.FORBIDDEN, str(error), {"permission": permission})
+        case UnknownReference(problems=problems):
+            kinds = {p.resource_type for p in problems}
+            code = next(code for kind, code in _REFERENCE_CODES.items() if kind in kinds)
+            return Rejection(
+                code,
+                str(error),
+                {
+                    "errors": [
+                        {
+                            "path": p.path,
+                            "reference": f"{p.resource_type}/{p.resource_id}",
+                            "message": p.message,
+                        }
+                        for p in problems
+                    ]
+                },
+            )
+        case CodeNotValid(problems=problems):
+            return Rejection(
+                ErrorCode.INVALID_CODE,
+                str(error),
+                {
+                    "errors": [
+                        {"path": p.path, "system": p.system, "code": p.code, "message": p.message}
+                        for p in problems
+                    ]
+                },
+            )
     return Rejection(ErrorCode.INTERNAL, "unmapped domain error")

@@ -17,8 +17,17 @@ from domain.errors import DomainError
 from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
-from handlers.ports import AuthenticationFailed, Clock, IdFactory, TokenVerifier, UnitOfWorkFactory
+from handlers.ports import (
+    AuthenticationFailed,
+    Clock,
+    IdFactory,
+    StoredOutcome,
+    TokenVerifier,
+    UnitOfWorkFactory,
+    UpstreamServices,
+)
 from handlers.registry import COMMANDS, CommandSpec
+from handlers.upstream_checks import CheckedEncounter, check_references, references_of
 from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
 from schemas.fhir_validation import InvalidFhirResource
 from schemas.replies import ErrorBody, Reply, ResultBody
@@ -60,7 +69,9 @@ class CommandProcessor:
         clock: Clock,
         new_id: IdFactory,
         role_permissions: Mapping[str, frozenset[str]] = DEFAULT_ROLE_PERMISSIONS,
+        upstream: UpstreamServices | None = None,
     ) -> None:
+        self._upstream = upstream  # None: ids and codes are taken as given (CAREPLAN_UPSTREAM_MODE=off)
         self._verifier = verifier
         self._unit_of_work = unit_of_work
         self._clock = clock
@@ -82,7 +93,8 @@ class CommandProcessor:
                     "the correlation_id header may not contain NUL",
                     {"errors": [{"path": "headers.correlation_id", "message": "contains NUL"}]},
                 )
-            principal = await authenticate_headers(self._verifier, incoming.headers)
+            token = bearer_token(incoming.headers)
+            principal = await authenticate(self._verifier, token)
             spec = COMMANDS.get(incoming.command_name)
             if spec is None:
                 raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {incoming.command_name!r}")
@@ -95,7 +107,7 @@ class CommandProcessor:
             data = _validate(spec.data_model, envelope.data, prefix=("data",))
             reject_invalid_codes(data)
             request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
-            return await self._execute_once(spec, principal, envelope, data, request_hash, incoming)
+            return await self._execute_once(spec, principal, token, envelope, data, request_hash, incoming)
         except Rejection as rejection:
             return error_reply(command_id, rejection)
         except InvalidFhirResource:
@@ -106,11 +118,36 @@ class CommandProcessor:
         self,
         spec: CommandSpec,
         principal: Principal,
+        token: str,
         envelope: CommandEnvelope,
         data: BaseModel,
         request_hash: str,
         incoming: IncomingCommand,
     ) -> Reply:
+        checked_encounter: CheckedEncounter | None = None
+        refused: DomainError | None = None
+        refs = references_of(data)
+        if self._upstream is not None and refs:
+            # Ask the command log first: a command already answered is answered again, whatever the
+            # upstream services say (or fail to say) now.
+            async with self._unit_of_work(principal.tenant_id) as uow:
+                stored = await uow.find_outcome(envelope.command_id)
+                completes_pair = refs.plan_id is not None and (refs.patient or refs.encounter)
+                current_plan = (
+                    await uow.plan_subject(refs.plan_id) if refs.plan_id and completes_pair else None
+                )
+            if stored is not None:
+                return _answer_again(stored, request_hash)
+            try:
+                checked_encounter = await check_references(
+                    refs,
+                    tenant_id=principal.tenant_id,
+                    token=token,
+                    services=self._upstream,
+                    current_plan=current_plan,
+                )
+            except DomainError as exc:
+                refused = exc
         ctx = CommandContext(
             principal=principal,
             command_id=envelope.command_id,
@@ -119,19 +156,17 @@ class CommandProcessor:
             expected_version=envelope.expected_version,
             now=self._clock(),
             new_id=self._new_id,
+            upstream_checked=self._upstream is not None,
+            checked_encounter=checked_encounter,
         )
         async with self._unit_of_work(principal.tenant_id) as uow:
             await uow.lock_command(envelope.command_id)
             stored = await uow.find_outcome(envelope.command_id)
             if stored is not None:
-                if stored.request_hash != request_hash:
-                    raise Rejection(
-                        ErrorCode.IDEMPOTENCY_KEY_REUSED,
-                        "this command_id was already used with another command or body",
-                        {"command_type": stored.command_type},
-                    )
-                return Reply.model_validate(stored.outcome)
+                return _answer_again(stored, request_hash)
             try:
+                if refused is not None:
+                    raise refused
                 async with uow.savepoint():
                     result = await spec.execute(data, ctx, uow)
                 reply = Reply(
@@ -157,14 +192,34 @@ class CommandProcessor:
             return reply
 
 
+def _answer_again(stored: StoredOutcome, request_hash: str) -> Reply:
+    """A command id seen before: its stored reply, if it is the same command with the same body."""
+    if stored.request_hash != request_hash:
+        raise Rejection(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "this command_id was already used with another command or body",
+            {"command_type": stored.command_type},
+        )
+    return Reply.model_validate(stored.outcome)
+
+
 async def authenticate_headers(verifier: TokenVerifier, headers: Mapping[str, str]) -> Principal:
     """The principal of a NATS message's `Authorization: Bearer <JWT>` header, or UNAUTHENTICATED."""
+    return await authenticate(verifier, bearer_token(headers))
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The JWT of an `Authorization: Bearer <JWT>` header, or UNAUTHENTICATED."""
     authorization = headers.get("Authorization") or headers.get("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Rejection(ErrorCode.UNAUTHENTICATED, "an `Authorization: Bearer <JWT>` header is required")
+    return token.strip()
+
+
+async def authenticate(verifier: TokenVerifier, token: str) -> Principal:
     try:
-        return await verifier.verify(token.strip())
+        return await verifier.verify(token)
     except AuthenticationFailed as exc:
         raise Rejection(ErrorCode.UNAUTHENTICATED, str(exc)) from exc
 

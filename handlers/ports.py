@@ -78,6 +78,7 @@ class UnitOfWork(Protocol):
 
     async def load_plan(self, plan_id: str) -> CarePlanAggregate | None: ...
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None: ...
+    async def plan_subject(self, plan_id: str) -> tuple[str, str | None] | None: ...
     async def save_versions(
         self, changed: list[tuple[str, Versioned]], versions: list[ResourceVersion]
     ) -> None: ...
@@ -150,3 +151,64 @@ class ScheduleStore(Protocol):
     ) -> AbstractAsyncContextManager[PeriodClaim | None]:
         """None when this tenant's summary for the period was already sent."""
         ...
+
+
+# --- Services we do not own (CONTRACT §8). Each answers a fact or raises `domain.errors.Unavailable`
+# when it is silent; `token` is the caller's JWT, forwarded so the service can authorize the lookup.
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    found: bool
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EncounterRecord:
+    found: bool
+    patient_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PractitionerRecord:
+    found: bool
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CodeVerdict:
+    valid: bool
+    display: str | None = None
+    message: str | None = None
+
+
+class Registration(Protocol):
+    async def patient(self, tenant_id: str, patient_id: str, *, token: str) -> PatientRecord: ...
+
+
+class Scheduling(Protocol):
+    async def encounter(self, tenant_id: str, encounter_id: str, *, token: str) -> EncounterRecord: ...
+
+
+class ProviderDirectory(Protocol):
+    async def practitioner(
+        self, tenant_id: str, practitioner_id: str, *, token: str
+    ) -> PractitionerRecord: ...
+
+
+class Terminology(Protocol):
+    async def validate_code(
+        self, system: str, code: str, display: str | None, *, token: str
+    ) -> CodeVerdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServices:
+    """The four lookups a command may need, and which code systems terminology is asked about (codings of
+    other systems, e.g. FHIR's own category code systems, are checked locally only)."""
+
+    registration: Registration
+    scheduling: Scheduling
+    providers: ProviderDirectory
+    terminology: Terminology
+    terminology_systems: frozenset[str]

@@ -29,7 +29,9 @@ from handlers.nats_consumer import (
     register_outcome_query,
 )
 from handlers.pipeline import CommandProcessor
+from handlers.ports import UpstreamServices
 from integrations.identity import JwksSource, JwtVerifier
+from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
 from service.http import create_http_app
 from service.scheduler import Scheduler, utc_now
 from service.settings import Settings
@@ -108,14 +110,6 @@ async def start_service(settings: Settings) -> RunningService:
     verifier = JwtVerifier(
         JwksSource(settings.jwks_url), issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
     )
-    processor = CommandProcessor(
-        verifier=verifier,
-        unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
-        clock=utc_now,
-        new_id=uuid.uuid4,
-        role_permissions=settings.role_table(),
-    )
-
     stop_event, connection_lost = asyncio.Event(), asyncio.Event()
     relay_events = _NatsEvents("relay", stop_event, connection_lost)
     command_events = _NatsEvents("commands", stop_event, connection_lost)
@@ -130,6 +124,14 @@ async def start_service(settings: Settings) -> RunningService:
     )
     js = nc.jetstream()
     await ensure_topology(js, policy)
+    processor = CommandProcessor(
+        verifier=verifier,
+        unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
+        clock=utc_now,
+        new_id=uuid.uuid4,
+        role_permissions=settings.role_table(),
+        upstream=upstream_services(settings, nc),
+    )
 
     async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
         try:
@@ -229,6 +231,30 @@ class _NatsEvents:
                 "NATS %s connection closed for good; stopping so the supervisor restarts us", self.connection
             )
             self.lost_for_good.set()
+
+
+def upstream_services(settings: Settings, nc: NatsClient) -> UpstreamServices | None:
+    """The NATS adapters of the services we do not own; None when `upstream_mode` is `off` (ids and
+    codes are then taken as given, as in `careplan dev`)."""
+    if settings.upstream_mode == "off":
+        return None
+    return nats_upstream_services(
+        nc,
+        UpstreamSubjects(
+            registration=settings.upstream_registration_subject,
+            scheduling=settings.upstream_scheduling_subject,
+            providers=settings.upstream_providers_subject,
+            terminology=settings.upstream_terminology_subject,
+        ),
+        UpstreamSettings(
+            subject="",
+            timeout_s=settings.upstream_timeout_ms / 1000,
+            cache_ttl_s=settings.upstream_cache_ttl_s,
+            breaker_failures=settings.upstream_breaker_failures,
+            breaker_reset_s=settings.upstream_breaker_reset_s,
+        ),
+        settings.terminology_system_set(),
+    )
 
 
 def scheduler_for(settings: Settings, system_engine: AsyncEngine) -> Scheduler:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.access import ALL_WRITES, DEFAULT_ROLE_PERMISSIONS
+from domain.code_checks import ICD_10_CM, LOINC, SNOMED_CT
 
 
 class Settings(BaseSettings):
@@ -39,6 +40,31 @@ class Settings(BaseSettings):
         default="UTC", description="IANA time zone whose calendar day decides what is overdue"
     )
     upstream_timeout_ms: int = Field(default=2000, gt=0, description="timeout per upstream request")
+    upstream_registration_subject: str = Field(
+        default="registration.patient.get", description="registration's patient lookup subject"
+    )
+    upstream_scheduling_subject: str = Field(
+        default="scheduling.encounter.get", description="scheduling's encounter lookup subject"
+    )
+    upstream_providers_subject: str = Field(
+        default="providers.practitioner.get", description="provider directory's practitioner lookup subject"
+    )
+    upstream_terminology_subject: str = Field(
+        default="terminology.code.validate", description="terminology's code validation subject"
+    )
+    upstream_cache_ttl_s: float = Field(
+        default=60, ge=0, description="seconds a positive upstream answer is reused (0: never)"
+    )
+    upstream_breaker_failures: int = Field(
+        default=5, ge=1, description="silences in a row that open a service's circuit"
+    )
+    upstream_breaker_reset_s: float = Field(
+        default=10, gt=0, description="seconds an open circuit fails fast before it lets one probe through"
+    )
+    terminology_systems: str = Field(
+        default=f"{SNOMED_CT},{LOINC},{ICD_10_CM}",
+        description="comma-separated code systems whose codings terminology validates",
+    )
     # Operational knobs beyond the contract's list.
     workers: int = Field(default=8, ge=1, le=256, description="commands processed concurrently")
     max_deliver: int = Field(
@@ -87,6 +113,9 @@ class Settings(BaseSettings):
         if self.role_permissions is None:
             return DEFAULT_ROLE_PERMISSIONS
         return {role: frozenset(permissions) for role, permissions in self.role_permissions.items()}
+
+    def terminology_system_set(self) -> frozenset[str]:
+        return frozenset(s.strip() for s in self.terminology_systems.split(",") if s.strip())
 
     def nats_servers(self) -> list[str]:
         return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]

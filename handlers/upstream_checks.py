@@ -1,0 +1,317 @@
+"""Which command asks which upstream service about what, and the asking (CONTRACT §8).
+
+Checked before the transaction, every lookup of a command at once: the patient of a plan; its encounter
+and that the encounter is that patient's; the practitioners it names (author, reviewer, care-team member,
+activity owner, note authors); and the codes of categories, addresses, goal descriptions, targets' measures
+and activity codes, for the code systems terminology is asked about. A "no" is final (`UnknownReference`,
+`CodeNotValid`: recorded like any business rejection); silence raises `Unavailable` and the command is
+retried. When one service says no and another is silent, the no wins: the command cannot succeed either way.
+
+Ids that refer to what we already hold are not asked about: removing or updating a care-team member works
+even after the practitioner left the directory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from domain.errors import (
+    CodeNotValid,
+    CodeProblem,
+    DomainError,
+    ReferenceProblem,
+    UnknownReference,
+)
+from handlers.ports import UpstreamServices
+from schemas import commands as wire
+from schemas.common import CodeableConceptIn, NoteIn
+
+MAX_REPORTED = 100
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """An id the command names, and where."""
+
+    path: str
+    resource_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodingMention:
+    path: str
+    system: str
+    code: str
+    display: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    """What one command names that upstream services own.
+
+    `patient` and `encounter` are the plan's as the command sets them. On `careplan.update`, `plan_id`
+    says which plan's current patient and encounter complete the pair: a new encounter must be the plan's
+    patient's, and a new patient must be the one of the encounter the plan keeps."""
+
+    patient: Mention | None = None
+    encounter: Mention | None = None
+    encounter_cleared: bool = False
+    plan_id: str | None = None
+    practitioners: tuple[Mention, ...] = ()
+    codings: tuple[CodingMention, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.patient or self.encounter or self.practitioners or self.codings)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedEncounter:
+    """An encounter scheduling confirmed as this patient's; the use case checks the plan still pairs them."""
+
+    encounter_id: str
+    patient_id: str
+
+
+PlanSubject = tuple[str, str | None]  # a plan's (patient id, encounter id)
+
+
+def references_of(data: BaseModel) -> References:
+    """What this command's data names, by command (see the module docstring)."""
+    extract = _EXTRACTORS.get(type(data))
+    return extract(data) if extract is not None else References()
+
+
+async def check_references(
+    refs: References,
+    *,
+    tenant_id: str,
+    token: str,
+    services: UpstreamServices,
+    current_plan: PlanSubject | None,
+) -> CheckedEncounter | None:
+    """Ask every service at once; raise the final "no" (all of them listed), else `Unavailable` if any
+    was silent; return the encounter that was confirmed, if one was to be."""
+    patient_id, encounter = _pair_to_check(refs, current_plan)
+    lookups: list[Awaitable[Sequence[DomainError]]] = []
+    if refs.patient is not None:
+        lookups.append(_patient(services, tenant_id, refs.patient, token))
+    if encounter is not None and patient_id is not None:
+        lookups.append(_encounter(services, tenant_id, encounter, patient_id, token))
+    lookups.extend(_practitioner(services, tenant_id, m, token) for m in _unique(refs.practitioners))
+    lookups.extend(
+        _coding(services, c, token) for c in _unique(refs.codings) if c.system in services.terminology_systems
+    )
+    outcomes = await asyncio.gather(*lookups, return_exceptions=True)
+    _raise_final_no([no for outcome in outcomes if not isinstance(outcome, BaseException) for no in outcome])
+    silences = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if silences:
+        raise silences[0]
+    if encounter is None or patient_id is None:
+        return None
+    return CheckedEncounter(encounter.resource_id, patient_id)
+
+
+def _pair_to_check(refs: References, current: PlanSubject | None) -> tuple[str | None, Mention | None]:
+    """The patient an encounter must belong to, and the encounter to check (None: nothing to check)."""
+    current_patient, current_encounter = current if current is not None else (None, None)
+    patient_id = refs.patient.resource_id if refs.patient is not None else current_patient
+    if refs.encounter is not None:
+        return patient_id, refs.encounter
+    if refs.patient is not None and current_encounter is not None and not refs.encounter_cleared:
+        # The plan keeps its encounter while its patient changes: the encounter must be the new patient's.
+        return patient_id, Mention(refs.patient.path, current_encounter)
+    return patient_id, None
+
+
+async def _patient(
+    services: UpstreamServices, tenant_id: str, patient: Mention, token: str
+) -> list[DomainError]:
+    record = await services.registration.patient(tenant_id, patient.resource_id, token=token)
+    if not record.found:
+        return [_missing(patient, "Patient", "no such patient is registered")]
+    if not record.active:
+        return [_missing(patient, "Patient", "the patient record is not active")]
+    return []
+
+
+async def _encounter(
+    services: UpstreamServices, tenant_id: str, encounter: Mention, patient_id: str, token: str
+) -> list[DomainError]:
+    record = await services.scheduling.encounter(tenant_id, encounter.resource_id, token=token)
+    if not record.found:
+        return [_missing(encounter, "Encounter", "no such encounter is scheduled")]
+    if record.patient_id != patient_id:
+        return [_missing(encounter, "Encounter", f"the encounter is not patient {patient_id}'s")]
+    return []
+
+
+async def _practitioner(
+    services: UpstreamServices, tenant_id: str, practitioner: Mention, token: str
+) -> list[DomainError]:
+    record = await services.providers.practitioner(tenant_id, practitioner.resource_id, token=token)
+    if not record.found:
+        return [_missing(practitioner, "Practitioner", "no such practitioner in the provider directory")]
+    if not record.active:
+        return [_missing(practitioner, "Practitioner", "the practitioner is not active")]
+    return []
+
+
+async def _coding(services: UpstreamServices, coding: CodingMention, token: str) -> list[DomainError]:
+    verdict = await services.terminology.validate_code(
+        coding.system, coding.code, coding.display, token=token
+    )
+    if verdict.valid:
+        return []
+    message = verdict.message or "terminology does not know this code"
+    return [CodeNotValid((CodeProblem(coding.path, coding.system, coding.code, message),))]
+
+
+def _missing(mention: Mention, resource_type: str, message: str) -> UnknownReference:
+    return UnknownReference((ReferenceProblem(mention.path, resource_type, mention.resource_id, message),))
+
+
+def _raise_final_no(noes: list[DomainError]) -> None:
+    """All the references that were refused, as one error (unknown references before invalid codes)."""
+    references = [p for e in noes if isinstance(e, UnknownReference) for p in e.problems]
+    if references:
+        raise UnknownReference(tuple(references[:MAX_REPORTED]))
+    codes = [p for e in noes if isinstance(e, CodeNotValid) for p in e.problems]
+    if codes:
+        raise CodeNotValid(tuple(codes[:MAX_REPORTED]))
+
+
+M = TypeVar("M", Mention, CodingMention)
+
+
+def _unique(mentions: Iterable[M]) -> list[M]:
+    """One lookup per distinct thing (the first place it is named is the one reported)."""
+    seen: dict[Any, M] = {}
+    for m in mentions:
+        key = m.resource_id if isinstance(m, Mention) else (m.system, m.code, m.display)
+        seen.setdefault(key, m)
+    return list(seen.values())
+
+
+# --- what each command names ---------------------------------------------------------------------------
+
+
+def _id(path: str, value: str | None) -> tuple[Mention, ...]:
+    return (Mention(path, value),) if value is not None else ()
+
+
+def _note_authors(path: str, notes: list[NoteIn] | None) -> tuple[Mention, ...]:
+    return tuple(
+        Mention(f"{path}.{i}.author_id", n.author_id) for i, n in enumerate(notes or ()) if n.author_id
+    )
+
+
+def _concepts(
+    path: str, concepts: CodeableConceptIn | list[CodeableConceptIn] | None
+) -> tuple[CodingMention, ...]:
+    if concepts is None:
+        return ()
+    if isinstance(concepts, CodeableConceptIn):
+        return _codings(path, concepts)
+    return tuple(m for i, c in enumerate(concepts) for m in _codings(f"{path}.{i}", c))
+
+
+def _codings(path: str, concept: CodeableConceptIn) -> tuple[CodingMention, ...]:
+    return tuple(
+        CodingMention(f"{path}.coding.{i}", c.system, c.code, c.display)
+        for i, c in enumerate(concept.coding)
+        if c.system is not None and c.code is not None
+    )
+
+
+def _target_measures(path: str, targets: list[wire.GoalTargetIn] | None) -> tuple[CodingMention, ...]:
+    return tuple(m for i, t in enumerate(targets or ()) for m in _concepts(f"{path}.{i}.measure", t.measure))
+
+
+def _plan_create(d: wire.CarePlanCreate) -> References:
+    return References(
+        patient=Mention("data.patient_id", d.patient_id),
+        encounter=Mention("data.encounter_id", d.encounter_id) if d.encounter_id else None,
+        practitioners=(*_id("data.author_id", d.author_id), *_note_authors("data.notes", d.notes)),
+        codings=(*_concepts("data.categories", d.categories), *_concepts("data.addresses", d.addresses)),
+    )
+
+
+def _plan_update(d: wire.CarePlanUpdate) -> References:
+    c, path = d.changes, "data.changes"
+    return References(
+        patient=Mention(f"{path}.patient_id", c.patient_id) if c.patient_id else None,
+        encounter=Mention(f"{path}.encounter_id", c.encounter_id) if c.encounter_id else None,
+        encounter_cleared="encounter_id" in c.model_fields_set and c.encounter_id is None,
+        plan_id=d.care_plan_id,
+        practitioners=(*_id(f"{path}.author_id", c.author_id), *_note_authors(f"{path}.notes", c.notes)),
+        codings=(
+            *_concepts(f"{path}.categories", c.categories),
+            *_concepts(f"{path}.addresses", c.addresses),
+        ),
+    )
+
+
+def _request_review(d: wire.CarePlanRequestReview) -> References:
+    return References(practitioners=_id("data.reviewer_id", d.reviewer_id))
+
+
+def _complete_review(d: wire.CarePlanCompleteReview) -> References:
+    return References(practitioners=_note_authors("data.notes", d.notes))
+
+
+def _goal_codings(path: str, g: wire.GoalAdd | wire.GoalChanges) -> tuple[CodingMention, ...]:
+    return (
+        *_concepts(f"{path}.description", g.description),
+        *_concepts(f"{path}.category", g.category),
+        *_concepts(f"{path}.addresses", g.addresses),
+        *_target_measures(f"{path}.targets", g.targets),
+    )
+
+
+def _goal_add(d: wire.GoalAdd) -> References:
+    return References(practitioners=_note_authors("data.notes", d.notes), codings=_goal_codings("data", d))
+
+
+def _goal_update(d: wire.GoalUpdate) -> References:
+    path = "data.changes"
+    return References(
+        practitioners=_note_authors(f"{path}.notes", d.changes.notes), codings=_goal_codings(path, d.changes)
+    )
+
+
+def _activity_add(d: wire.ActivityAdd) -> References:
+    return References(practitioners=_id("data.owner_id", d.owner_id), codings=_concepts("data.code", d.code))
+
+
+def _activity_assign(d: wire.ActivityAssign) -> References:
+    return References(practitioners=_id("data.owner_id", d.owner_id))
+
+
+def _member_add(d: wire.CareTeamAddMember) -> References:
+    return References(practitioners=_id("data.member_id", d.member_id))
+
+
+def _extractor(
+    model: type[T], extract: Callable[[T], References]
+) -> tuple[type[BaseModel], Callable[[Any], References]]:
+    return model, extract
+
+
+_EXTRACTORS: dict[type[BaseModel], Callable[[Any], References]] = dict(
+    [
+        _extractor(wire.CarePlanCreate, _plan_create),
+        _extractor(wire.CarePlanUpdate, _plan_update),
+        _extractor(wire.CarePlanRequestReview, _request_review),
+        _extractor(wire.CarePlanCompleteReview, _complete_review),
+        _extractor(wire.GoalAdd, _goal_add),
+        _extractor(wire.GoalUpdate, _goal_update),
+        _extractor(wire.ActivityAdd, _activity_add),
+        _extractor(wire.ActivityAssign, _activity_assign),
+        _extractor(wire.CareTeamAddMember, _member_add),
+    ]
+)
