@@ -50,7 +50,7 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
 async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
     """`careplan.update`: a merge-patch of the create fields (status has its own command)."""
     aggregate = await load_plan(uow, data.care_plan_id)
-    before = (aggregate.plan.patient_id, aggregate.plan.encounter_id)
+    encounter_before = aggregate.plan.encounter_id
     changes = translate.merge_patch(
         data.changes,
         {
@@ -63,7 +63,7 @@ async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitO
         },
     )
     aggregate.update(changes, expected_version=ctx.expected_version, now=ctx.now)
-    _ensure_encounter_checked(ctx, before, aggregate.plan)
+    _ensure_encounter_checked(ctx, encounter_before, aggregate.plan)
     await store_changes(uow, ctx, aggregate, operation="UPDATE")
     return result("CarePlan", aggregate.plan)
 
@@ -110,16 +110,12 @@ async def complete_review(
     return result("CarePlan", aggregate.plan)
 
 
-def _ensure_encounter_checked(
-    ctx: CommandContext, before: tuple[str, str | None] | None, plan: CarePlan
-) -> None:
-    """Scheduling confirmed the encounter as the patient's before the transaction, from the plan as it was
-    read then; a command that changed the plan's patient or encounter meanwhile would pair them unchecked,
-    so this one is retried (and checked again) instead."""
-    if not ctx.upstream_checked or plan.encounter_id is None:
-        return
-    if before == (plan.patient_id, plan.encounter_id):
+def _ensure_encounter_checked(ctx: CommandContext, encounter_before: str | None, plan: CarePlan) -> None:
+    """Scheduling confirmed a new encounter as the patient's before the transaction. The plan as locked
+    now must pair the same two; if not, the check was of another state of the plan (changed meanwhile),
+    so the command is retried, and checked again."""
+    if not ctx.upstream_checked or plan.encounter_id is None or plan.encounter_id == encounter_before:
         return
     checked = ctx.checked_encounter
     if checked is None or (checked.encounter_id, checked.patient_id) != (plan.encounter_id, plan.patient_id):
-        raise Unavailable("scheduling", "the plan's patient or encounter changed while they were checked")
+        raise Unavailable("scheduling", "the plan changed while its encounter was checked")

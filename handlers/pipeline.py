@@ -132,9 +132,8 @@ class CommandProcessor:
             # upstream services say (or fail to say) now.
             async with self._unit_of_work(principal.tenant_id) as uow:
                 stored = await uow.find_outcome(envelope.command_id)
-                completes_pair = refs.plan_id is not None and (refs.patient or refs.encounter)
-                current_plan = (
-                    await uow.plan_subject(refs.plan_id) if refs.plan_id and completes_pair else None
+                plan_patient = (
+                    await uow.plan_patient(refs.plan_id) if refs.plan_id and refs.encounter else None
                 )
             if stored is not None:
                 return _answer_again(stored, request_hash)
@@ -144,7 +143,7 @@ class CommandProcessor:
                     tenant_id=principal.tenant_id,
                     token=token,
                     services=self._upstream,
-                    current_plan=current_plan,
+                    plan_patient=plan_patient,
                 )
             except DomainError as exc:
                 refused = exc

@@ -52,15 +52,12 @@ class CodingMention:
 
 @dataclass(frozen=True, slots=True)
 class References:
-    """What one command names that upstream services own.
-
-    `patient` and `encounter` are the plan's as the command sets them. On `careplan.update`, `plan_id`
-    says which plan's current patient and encounter complete the pair: a new encounter must be the plan's
-    patient's, and a new patient must be the one of the encounter the plan keeps."""
+    """What one command names that upstream services own. An encounter must be the plan's patient's:
+    the patient named alongside it, or (`careplan.update`, where the patient is immutable) the current
+    patient of plan `plan_id`."""
 
     patient: Mention | None = None
     encounter: Mention | None = None
-    encounter_cleared: bool = False
     plan_id: str | None = None
     practitioners: tuple[Mention, ...] = ()
     codings: tuple[CodingMention, ...] = ()
@@ -77,9 +74,6 @@ class CheckedEncounter:
     patient_id: str
 
 
-PlanSubject = tuple[str, str | None]  # a plan's (patient id, encounter id)
-
-
 def references_of(data: BaseModel) -> References:
     """What this command's data names, by command (see the module docstring)."""
     extract = _EXTRACTORS.get(type(data))
@@ -92,11 +86,13 @@ async def check_references(
     tenant_id: str,
     token: str,
     services: UpstreamServices,
-    current_plan: PlanSubject | None,
+    plan_patient: str | None = None,
 ) -> CheckedEncounter | None:
     """Ask every service at once; raise the final "no" (all of them listed), else `Unavailable` if any
-    was silent; return the encounter that was confirmed, if one was to be."""
-    patient_id, encounter = _pair_to_check(refs, current_plan)
+    was silent; return the encounter that was confirmed, if one was to be. `plan_patient` is the current
+    patient of `refs.plan_id`, read before (None when there is no such plan: the use case says so)."""
+    patient_id = refs.patient.resource_id if refs.patient is not None else plan_patient
+    encounter = refs.encounter
     lookups: list[Awaitable[Sequence[DomainError]]] = []
     if refs.patient is not None:
         lookups.append(_patient(services, tenant_id, refs.patient, token))
@@ -114,18 +110,6 @@ async def check_references(
     if encounter is None or patient_id is None:
         return None
     return CheckedEncounter(encounter.resource_id, patient_id)
-
-
-def _pair_to_check(refs: References, current: PlanSubject | None) -> tuple[str | None, Mention | None]:
-    """The patient an encounter must belong to, and the encounter to check (None: nothing to check)."""
-    current_patient, current_encounter = current if current is not None else (None, None)
-    patient_id = refs.patient.resource_id if refs.patient is not None else current_patient
-    if refs.encounter is not None:
-        return patient_id, refs.encounter
-    if refs.patient is not None and current_encounter is not None and not refs.encounter_cleared:
-        # The plan keeps its encounter while its patient changes: the encounter must be the new patient's.
-        return patient_id, Mention(refs.patient.path, current_encounter)
-    return patient_id, None
 
 
 async def _patient(
@@ -244,9 +228,7 @@ def _plan_create(d: wire.CarePlanCreate) -> References:
 def _plan_update(d: wire.CarePlanUpdate) -> References:
     c, path = d.changes, "data.changes"
     return References(
-        patient=Mention(f"{path}.patient_id", c.patient_id) if c.patient_id else None,
         encounter=Mention(f"{path}.encounter_id", c.encounter_id) if c.encounter_id else None,
-        encounter_cleared="encounter_id" in c.model_fields_set and c.encounter_id is None,
         plan_id=d.care_plan_id,
         practitioners=(*_id(f"{path}.author_id", c.author_id), *_note_authors(f"{path}.notes", c.notes)),
         codings=(

@@ -130,17 +130,13 @@ class SqlUnitOfWork:
     async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
         return await aggregates.load_plan(self.conn, self.tenant_id, plan_id)
 
-    async def plan_subject(self, plan_id: str) -> tuple[str, str | None] | None:
-        """The plan's patient and encounter ids, unlocked (read before the transaction's checks)."""
+    async def plan_patient(self, plan_id: str) -> str | None:
+        """The plan's patient, unlocked: read before the transaction, for the upstream checks."""
         plans = tables.care_plans.c
-        row = (
-            await self.conn.execute(
-                select(plans.patient_id, plans.state["encounter_id"].astext).where(
-                    plans.tenant_id == self.tenant_id, plans.id == plan_id
-                )
-            )
-        ).one_or_none()
-        return None if row is None else (row[0], row[1])
+        patient_id: str | None = await self.conn.scalar(
+            select(plans.patient_id).where(plans.tenant_id == self.tenant_id, plans.id == plan_id)
+        )
+        return patient_id
 
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
         return await aggregates.plan_id_of(self.conn, self.tenant_id, resource_type, resource_id)

@@ -68,17 +68,13 @@ def test_a_new_plan_names_its_patient_encounter_author_note_authors_and_codes() 
     )
 
 
-def test_an_update_names_only_what_it_changes_and_the_plan_that_completes_the_pair() -> None:
+def test_an_update_names_only_what_it_changes_and_the_plan_whose_patient_an_encounter_must_be() -> None:
     title_only = references_of(data("careplan.update", care_plan_id="cp1", changes={"title": "New"}))
     assert not title_only
-    moved = references_of(data("careplan.update", care_plan_id="cp1", changes={"patient_id": "p2"}))
-    assert moved.patient == Mention("data.changes.patient_id", "p2")
-    assert moved.plan_id == "cp1"
-    assert moved.encounter is None
-    cleared = references_of(
-        data("careplan.update", care_plan_id="cp1", changes={"patient_id": "p2", "encounter_id": None})
-    )
-    assert cleared.encounter_cleared
+    new_encounter = references_of(data("careplan.update", care_plan_id="cp1", changes={"encounter_id": "e2"}))
+    assert new_encounter.encounter == Mention("data.changes.encounter_id", "e2")
+    assert new_encounter.plan_id == "cp1"
+    assert new_encounter.patient is None  # immutable: the domain refuses a change, no one is asked
 
 
 def test_goal_commands_name_description_category_addresses_and_target_measures() -> None:
@@ -170,9 +166,9 @@ class FakeWorld:
         return UpstreamServices(self, self, self, self, terminology_systems=frozenset({SNOMED, LOINC}))
 
 
-async def check(world: FakeWorld, refs: References, current: tuple[str, str | None] | None = None) -> Any:
+async def check(world: FakeWorld, refs: References, plan_patient: str | None = None) -> Any:
     return await check_references(
-        refs, tenant_id="t1", token="jwt", services=world.services(), current_plan=current
+        refs, tenant_id="t1", token="jwt", services=world.services(), plan_patient=plan_patient
     )
 
 
@@ -239,21 +235,13 @@ async def test_an_encounter_must_be_the_plans_patients() -> None:
         await check(world, missing)
 
 
-async def test_on_update_the_plans_current_patient_and_encounter_complete_the_pair() -> None:
-    world = FakeWorld(patients={"p1": True, "p2": True}, encounters={"e1": "p1", "e2": "p2"})
-    # A new encounter is checked against the plan's current patient
+async def test_on_update_a_new_encounter_is_checked_against_the_plans_current_patient() -> None:
+    world = FakeWorld(encounters={"e1": "p1", "e2": "p2"})
     new_encounter = References(encounter=Mention("data.changes.encounter_id", "e2"), plan_id="cp1")
     with pytest.raises(UnknownReference, match="not patient p1's"):
-        await check(world, new_encounter, current=("p1", "e1"))
-    # A new patient must be the one of the encounter the plan keeps
-    new_patient = References(patient=Mention("data.changes.patient_id", "p2"), plan_id="cp1")
-    with pytest.raises(UnknownReference) as raised:
-        await check(world, new_patient, current=("p1", "e1"))
-    assert raised.value.problems[0].path == "data.changes.patient_id"
-    assert raised.value.problems[0].resource_id == "e1"
-    # ... unless the same update clears the encounter, or the plan has none
-    cleared = References(
-        patient=Mention("data.changes.patient_id", "p2"), encounter_cleared=True, plan_id="cp1"
-    )
-    assert await check(world, cleared, current=("p1", "e1")) is None
-    assert await check(world, new_patient, current=("p1", None)) is None
+        await check(world, new_encounter, plan_patient="p1")
+    assert await check(world, new_encounter, plan_patient="p2") == CheckedEncounter("e2", "p2")
+    # No such plan: nothing to pair with, nobody asked (the use case answers NOT_FOUND)
+    asked = len(world.asked)
+    assert await check(world, new_encounter, plan_patient=None) is None
+    assert len(world.asked) == asked
