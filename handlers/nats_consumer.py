@@ -10,7 +10,9 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import nats.errors
 import orjson
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
@@ -58,12 +60,11 @@ class DeliveryPolicy:
         )
 
 
-def register_command_consumer(
-    broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy
-) -> None:
-    """One durable pull consumer over `careplan.cmd.>`, up to `policy.workers` messages in flight."""
+def register_command_consumer(broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy) -> Any:
+    """One durable pull consumer over `careplan.cmd.>`, up to `policy.workers` messages in flight.
+    Returns FastStream's subscriber; hand it to `mend_pull_timeouts` once the broker has started."""
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         COMMAND_SUBJECTS,
         stream=JStream(COMMAND_STREAM, declare=False),
         durable=COMMAND_CONSUMER,
@@ -78,8 +79,31 @@ def register_command_consumer(
         title="careplan.cmd.{command}",
         description="Care-plan commands (CONTRACT §2-4). Replies go to the `reply_to` header's subject.",
     )
+
+    @subscriber
     async def on_command(msg: NatsMessageParam) -> None:
         await handle_delivery(broker, processor, policy, msg)
+
+    return subscriber
+
+
+def mend_pull_timeouts(subscriber: Any) -> None:
+    """FastStream 0.7's pull loop suppresses nats-py's `nats.errors.TimeoutError` but not the plain
+    `TimeoutError` that nats-py's `fetch` also raises when its deadline runs out between its two pull
+    requests: the loop task then dies, FastStream's supervisor restarts it, and a traceback is logged at
+    ERROR for an idle second. Raise the one FastStream expects instead."""
+    subscription = subscriber.subscription
+    fetch = subscription.fetch
+
+    async def fetch_with_nats_timeout(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fetch(*args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+
+    subscription.fetch = fetch_with_nats_timeout
 
 
 def register_outcome_query(broker: NatsBroker, verifier: TokenVerifier, read_outcome: OutcomeReader) -> None:

@@ -25,6 +25,7 @@ from handlers.nats_consumer import (
     COMMAND_CONSUMER,
     COMMAND_STREAM,
     DeliveryPolicy,
+    mend_pull_timeouts,
     register_command_consumer,
     register_outcome_query,
 )
@@ -154,7 +155,7 @@ async def start_service(settings: Settings) -> RunningService:
         reconnected_cb=command_events.reconnected,
         closed_cb=command_events.closed,
     )
-    register_command_consumer(broker, processor, policy)
+    command_subscriber = register_command_consumer(broker, processor, policy)
     register_outcome_query(
         broker,
         verifier,
@@ -188,6 +189,7 @@ async def start_service(settings: Settings) -> RunningService:
     port = _bound_port(site, settings.http_port)
 
     await broker.start()
+    mend_pull_timeouts(command_subscriber)
     service = RunningService(
         settings,
         broker,
