@@ -13,7 +13,7 @@ even after the practitioner left the directory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from domain.errors import (
     CodeNotValid,
     CodeProblem,
-    DomainError,
     ReferenceProblem,
     UnknownReference,
 )
@@ -31,6 +30,7 @@ from schemas import commands as wire
 from schemas.common import CodeableConceptIn, NoteIn
 
 MAX_REPORTED = 100
+Problem = ReferenceProblem | CodeProblem
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -93,7 +93,7 @@ async def check_references(
     patient of `refs.plan_id`, read before (None when there is no such plan: the use case says so)."""
     patient_id = refs.patient.resource_id if refs.patient is not None else plan_patient
     encounter = refs.encounter
-    lookups: list[Awaitable[Sequence[DomainError]]] = []
+    lookups: list[Awaitable[Problem | None]] = []
     if refs.patient is not None:
         lookups.append(_patient(services, tenant_id, refs.patient, token))
     if encounter is not None and patient_id is not None:
@@ -103,7 +103,7 @@ async def check_references(
         _coding(services, c, token) for c in _unique(refs.codings) if c.system in services.terminology_systems
     )
     outcomes = await asyncio.gather(*lookups, return_exceptions=True)
-    _raise_final_no([no for outcome in outcomes if not isinstance(outcome, BaseException) for no in outcome])
+    _raise_final_no([outcome for outcome in outcomes if isinstance(outcome, ReferenceProblem | CodeProblem)])
     silences = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if silences:
         raise silences[0]
@@ -114,57 +114,57 @@ async def check_references(
 
 async def _patient(
     services: UpstreamServices, tenant_id: str, patient: Mention, token: str
-) -> list[DomainError]:
+) -> Problem | None:
     record = await services.registration.patient(tenant_id, patient.resource_id, token=token)
     if not record.found:
-        return [_missing(patient, "Patient", "no such patient is registered")]
+        return _missing(patient, "Patient", "no such patient is registered")
     if not record.active:
-        return [_missing(patient, "Patient", "the patient record is not active")]
-    return []
+        return _missing(patient, "Patient", "the patient record is not active")
+    return None
 
 
 async def _encounter(
     services: UpstreamServices, tenant_id: str, encounter: Mention, patient_id: str, token: str
-) -> list[DomainError]:
+) -> Problem | None:
     record = await services.scheduling.encounter(tenant_id, encounter.resource_id, token=token)
     if not record.found:
-        return [_missing(encounter, "Encounter", "no such encounter is scheduled")]
+        return _missing(encounter, "Encounter", "no such encounter is scheduled")
     if record.patient_id != patient_id:
-        return [_missing(encounter, "Encounter", f"the encounter is not patient {patient_id}'s")]
-    return []
+        return _missing(encounter, "Encounter", f"the encounter is not patient {patient_id}'s")
+    return None
 
 
 async def _practitioner(
     services: UpstreamServices, tenant_id: str, practitioner: Mention, token: str
-) -> list[DomainError]:
+) -> Problem | None:
     record = await services.providers.practitioner(tenant_id, practitioner.resource_id, token=token)
     if not record.found:
-        return [_missing(practitioner, "Practitioner", "no such practitioner in the provider directory")]
+        return _missing(practitioner, "Practitioner", "no such practitioner in the provider directory")
     if not record.active:
-        return [_missing(practitioner, "Practitioner", "the practitioner is not active")]
-    return []
+        return _missing(practitioner, "Practitioner", "the practitioner is not active")
+    return None
 
 
-async def _coding(services: UpstreamServices, coding: CodingMention, token: str) -> list[DomainError]:
+async def _coding(services: UpstreamServices, coding: CodingMention, token: str) -> Problem | None:
     verdict = await services.terminology.validate_code(
         coding.system, coding.code, coding.display, token=token
     )
     if verdict.valid:
-        return []
+        return None
     message = verdict.message or "terminology does not know this code"
-    return [CodeNotValid((CodeProblem(coding.path, coding.system, coding.code, message),))]
+    return CodeProblem(coding.path, coding.system, coding.code, message)
 
 
-def _missing(mention: Mention, resource_type: str, message: str) -> UnknownReference:
-    return UnknownReference((ReferenceProblem(mention.path, resource_type, mention.resource_id, message),))
+def _missing(mention: Mention, resource_type: str, message: str) -> ReferenceProblem:
+    return ReferenceProblem(mention.path, resource_type, mention.resource_id, message)
 
 
-def _raise_final_no(noes: list[DomainError]) -> None:
-    """All the references that were refused, as one error (unknown references before invalid codes)."""
-    references = [p for e in noes if isinstance(e, UnknownReference) for p in e.problems]
+def _raise_final_no(problems: list[Problem]) -> None:
+    """Every refusal, as one error: unknown references before invalid codes."""
+    references = [p for p in problems if isinstance(p, ReferenceProblem)]
     if references:
         raise UnknownReference(tuple(references[:MAX_REPORTED]))
-    codes = [p for e in noes if isinstance(e, CodeNotValid) for p in e.problems]
+    codes = [p for p in problems if isinstance(p, CodeProblem)]
     if codes:
         raise CodeNotValid(tuple(codes[:MAX_REPORTED]))
 
