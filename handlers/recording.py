@@ -32,9 +32,9 @@ async def record_changes(
     messages: list[OutboxMessage] = []
     for change in changes:
         validate_resource(change.version.resource)
-        await uow.append_history(change.version, command_id=ctx.command_id)
         for event in change.events:
             messages.append(_domain_event_message(ctx, event, change.version))
+    await uow.append_history([c.version for c in changes], command_id=ctx.command_id)
 
     provenance_id = ctx.new_id()
     targets = [(c.version.resource_type, c.version.resource_id, c.version.version) for c in changes]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,36 +44,35 @@ class MissingState(RuntimeError):
     """A row written before the domain state was stored (schema 0001); it cannot be changed by commands."""
 
 
+# The plan's parts, in one statement: read after the plan's row lock, which every writer of them takes.
+_PARTS = text(
+    "SELECT 'Goal', id, state FROM goals WHERE tenant_id = :tenant AND plan_id = :plan "
+    "UNION ALL SELECT 'Task', id, state FROM tasks WHERE tenant_id = :tenant AND plan_id = :plan "
+    "UNION ALL SELECT 'CareTeam', id, state FROM care_teams WHERE tenant_id = :tenant AND plan_id = :plan"
+)
+
+
 async def load_plan(conn: AsyncConnection, tenant_id: str, plan_id: str) -> CarePlanAggregate | None:
     """The whole aggregate, with the plan row locked: every command on a plan (or its parts) queues here,
     so versions and the outbox order of one plan's events follow commit order."""
-    plan_state = (
+    locked = (
         await conn.execute(
             select(tables.care_plans.c.state)
             .where(tables.care_plans.c.tenant_id == tenant_id, tables.care_plans.c.id == plan_id)
             .with_for_update()
         )
-    ).scalar_one_or_none()
-    if plan_state is None:
-        exists = await conn.scalar(
-            select(tables.care_plans.c.id).where(
-                tables.care_plans.c.tenant_id == tenant_id, tables.care_plans.c.id == plan_id
-            )
-        )
-        if exists is not None:
-            raise MissingState(f"CarePlan/{plan_id} has no stored domain state")
+    ).one_or_none()
+    if locked is None:
         return None
-    plan: CarePlan = _STATE["CarePlan"].validate_python(plan_state)
-    goals = [
-        _STATE["Goal"].validate_python(s) for s in await _children(conn, tables.goals, tenant_id, plan_id)
-    ]
-    activities = [
-        _STATE["Task"].validate_python(s) for s in await _children(conn, tables.tasks, tenant_id, plan_id)
-    ]
-    teams = [
-        _STATE["CareTeam"].validate_python(s)
-        for s in await _children(conn, tables.care_teams, tenant_id, plan_id)
-    ]
+    if locked[0] is None:
+        raise MissingState(f"CarePlan/{plan_id} has no stored domain state")
+    plan: CarePlan = _STATE["CarePlan"].validate_python(locked[0])
+    parts: dict[str, list[tuple[str, Any]]] = {"Goal": [], "Task": [], "CareTeam": []}
+    for kind, part_id, state in await conn.execute(_PARTS, {"tenant": tenant_id, "plan": plan_id}):
+        parts[kind].append((part_id, state))
+    goals = [_STATE["Goal"].validate_python(state) for _, state in sorted(parts["Goal"])]
+    activities = [_STATE["Task"].validate_python(state) for _, state in sorted(parts["Task"])]
+    teams = [_STATE["CareTeam"].validate_python(state) for _, state in sorted(parts["CareTeam"])]
     return CarePlanAggregate(
         plan,
         goals={g.id: g for g in goals},
@@ -92,6 +91,21 @@ async def plan_id_of(
     return plan_id
 
 
+def _upsert(table: Table) -> Any:
+    """INSERT at version 1, UPDATE after; built once per table, so SQLAlchemy compiles it once."""
+    statement = insert(table)
+    updated = [c.name for c in table.columns if c.name not in ("tenant_id", "id")]
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.tenant_id, table.c.id],
+        set_={name: statement.excluded[name] for name in updated},
+        # The plan row lock already serialises writers; this guards against a lost update regardless.
+        where=table.c.version == statement.excluded.version - 1,
+    )
+
+
+_UPSERTS = {resource_type: _upsert(table) for resource_type, table in _TABLES.items()}
+
+
 async def save_versions(
     conn: AsyncConnection,
     tenant_id: str,
@@ -101,7 +115,6 @@ async def save_versions(
     """Write each changed resource's current row (insert at version 1, update after)."""
     rendered = {(v.resource_type, v.resource_id): v.resource for v in versions}
     for resource_type, entity in changed:
-        table = _TABLES[resource_type]
         row = {
             "tenant_id": tenant_id,
             "id": entity.id,
@@ -111,14 +124,7 @@ async def save_versions(
             "resource": rendered[(resource_type, entity.id)],
             **_columns(entity),
         }
-        statement = insert(table).values(row)
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.tenant_id, table.c.id],
-            set_={k: statement.excluded[k] for k in row if k not in ("tenant_id", "id")},
-            # The plan row lock already serialises writers; this guards against a lost update regardless.
-            where=table.c.version == entity.version - 1,
-        )
-        result = await conn.execute(statement)
+        result = await conn.execute(_UPSERTS[resource_type], row)
         if result.rowcount != 1:
             raise RuntimeError(f"{resource_type}/{entity.id} was not at version {entity.version - 1}")
     await reindex(conn, tenant_id, [v.resource for v in versions])
@@ -147,12 +153,3 @@ def _columns(entity: Versioned) -> dict[str, Any]:
         case CareTeam():
             return {"plan_id": entity.plan_id, "patient_id": entity.patient_id, "status": entity.status.value}
     raise TypeError(f"no table for {type(entity).__name__}")
-
-
-async def _children(conn: AsyncConnection, table: Table, tenant_id: str, plan_id: str) -> list[Any]:
-    rows = await conn.execute(
-        select(table.c.state)
-        .where(table.c.tenant_id == tenant_id, table.c.plan_id == plan_id)
-        .order_by(table.c.id)
-    )
-    return list(rows.scalars())

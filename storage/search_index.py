@@ -55,18 +55,80 @@ def index_rows(tenant_id: str, resource: dict[str, Any]) -> list[tuple[TextClaus
     return [(statement, params) for statement, params in batches if params]
 
 
+# Old rows of every given resource out of all four tables, in one statement.
+_DELETE_ALL = text(
+    "WITH k AS (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS k(rt, id)), "
+    + ", ".join(
+        f"d_{table} AS (DELETE FROM {table} s USING k WHERE s.tenant_id = :tenant "
+        "AND s.resource_type = k.rt AND s.resource_id = k.id)"
+        for table in INDEX_TABLES
+    )
+    + " SELECT 1"
+)
+
+# New rows into all four tables, in one statement: each table's columns as parallel arrays.
+_INSERT_ALL = text(
+    "WITH i_token AS (INSERT INTO search_token "
+    "(tenant_id, resource_type, resource_id, param, system, code, display) SELECT :tenant, * FROM unnest("
+    "CAST(:token_rt AS text[]), CAST(:token_id AS text[]), CAST(:token_param AS text[]), "
+    "CAST(:token_system AS text[]), CAST(:token_code AS text[]), CAST(:token_display AS text[]))), "
+    "i_reference AS (INSERT INTO search_reference "
+    "(tenant_id, resource_type, resource_id, param, ref_type, ref_id) SELECT :tenant, * FROM unnest("
+    "CAST(:reference_rt AS text[]), CAST(:reference_id AS text[]), CAST(:reference_param AS text[]), "
+    "CAST(:reference_type AS text[]), CAST(:reference_ref AS text[]))), "
+    "i_date AS (INSERT INTO search_date (tenant_id, resource_type, resource_id, param, low, high) "
+    "SELECT :tenant, rt, id, p, coalesce(lo, '-infinity'::timestamptz), "
+    "coalesce(hi, 'infinity'::timestamptz) "
+    "FROM unnest(CAST(:date_rt AS text[]), CAST(:date_id AS text[]), CAST(:date_param AS text[]), "
+    "CAST(:date_low AS timestamptz[]), CAST(:date_high AS timestamptz[])) AS x(rt, id, p, lo, hi)), "
+    "i_string AS (INSERT INTO search_string (tenant_id, resource_type, resource_id, param, value) "
+    "SELECT :tenant, * FROM unnest(CAST(:string_rt AS text[]), CAST(:string_id AS text[]), "
+    "CAST(:string_param AS text[]), CAST(:string_value AS text[]))) "
+    "SELECT 1"
+)
+
+
 async def reindex(conn: AsyncConnection, tenant_id: str, resources: list[dict[str, Any]]) -> None:
-    """Replace the index rows of these resources (each a current FHIR resource of one tenant)."""
+    """Replace the index rows of these resources (each a current FHIR resource of one tenant): two
+    statements whatever their number, where a row at a time cost a round trip each."""
     if not resources:
         return
-    for table in INDEX_TABLES:
-        for resource in resources:
-            await conn.execute(
-                text(
-                    f"DELETE FROM {table} WHERE tenant_id = :t AND resource_type = :rt AND resource_id = :id"
-                ),
-                {"t": tenant_id, "rt": resource["resourceType"], "id": resource["id"]},
-            )
+    await conn.execute(
+        _DELETE_ALL,
+        {
+            "tenant": tenant_id,
+            "types": [r["resourceType"] for r in resources],
+            "ids": [r["id"] for r in resources],
+        },
+    )
+    columns: dict[str, list[Any]] = {name: [] for name in _INSERT_COLUMNS}
     for resource in resources:
-        for statement, params in index_rows(tenant_id, resource):
-            await conn.execute(statement, params)
+        values = extract(resource)
+        key = (resource["resourceType"], resource["id"])
+        for param, token in values.tokens:
+            _append(columns, "token", key, param, token.system, token.code, token.text)
+        for param, reference in values.references:
+            _append(columns, "reference", key, param, reference.ref_type, reference.ref_id)
+        for param, date in values.dates:
+            _append(columns, "date", key, param, date.low, date.high)
+        for param, string in values.strings:
+            _append(columns, "string", key, param, string)
+    await conn.execute(_INSERT_ALL, {"tenant": tenant_id, **columns})
+
+
+_INSERT_COLUMNS = {
+    f"{table}_{column}": None
+    for table, names in {
+        "token": ("system", "code", "display"),
+        "reference": ("type", "ref"),
+        "date": ("low", "high"),
+        "string": ("value",),
+    }.items()
+    for column in ("rt", "id", "param", *names)
+}
+
+
+def _append(columns: dict[str, list[Any]], table: str, key: tuple[str, str], *values: Any) -> None:
+    names = [name for name in _INSERT_COLUMNS if name.startswith(f"{table}_")]
+    for name, value in zip(names, (*key, *values), strict=True):
+        columns[name].append(value)

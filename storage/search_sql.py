@@ -210,15 +210,19 @@ def _beyond(sql: Sql, column: str, value: Any, descending: bool) -> str:
     return f"({column} {operator} {sql.bind(value)} OR {column} IS NULL)"
 
 
-async def run_search(
-    engine: AsyncEngine,
-    tenant_id: str,
-    query: SearchQuery,
-    *,
-    patient_id: str | None,
-    after: tuple[list[Any], str] | None,
-) -> Page:
-    """One page of matches (count + 1 fetched to know whether a next page exists) and the total if asked."""
+@dataclass(frozen=True, slots=True)
+class SearchStatement:
+    """The SQL of one search page and of its count, with their bind parameters."""
+
+    page_sql: str
+    count_sql: str
+    params: dict[str, Any]
+
+
+def search_statement(
+    tenant_id: str, query: SearchQuery, *, patient_id: str | None, after: tuple[list[Any], str] | None
+) -> SearchStatement:
+    """Compile one page of a search: `count + 1` rows, so the caller knows whether a next page exists."""
     resource_type = query.resource_type
     table = READABLE_TABLES[resource_type]
     sql = Sql()
@@ -233,13 +237,27 @@ async def run_search(
     order = f"{order}, id ASC" if order else "id ASC"
     page_sql = f"SELECT * FROM ({inner}) q WHERE {outer_where} ORDER BY {order} LIMIT {int(query.count) + 1}"
     count_sql = f"SELECT count(*) FROM {table} r WHERE {' AND '.join(where)}"
+    return SearchStatement(page_sql, count_sql, sql.params)
+
+
+async def run_search(
+    engine: AsyncEngine,
+    tenant_id: str,
+    query: SearchQuery,
+    *,
+    patient_id: str | None,
+    after: tuple[list[Any], str] | None,
+) -> Page:
+    """One page of matches and the total if asked."""
+    statement = search_statement(tenant_id, query, patient_id=patient_id, after=after)
+    page_sql, count_sql, params = statement.page_sql, statement.count_sql, statement.params
     async with tenant_transaction(engine, tenant_id) as conn:
-        rows = (await conn.execute(text(page_sql), sql.params)).all() if query.count > 0 else []
+        rows = (await conn.execute(text(page_sql), params)).all() if query.count > 0 else []
         total: int | None = None
         if query.total == "accurate" or query.summary == "count":
-            total = int(await conn.scalar(text(count_sql), sql.params) or 0)
+            total = int(await conn.scalar(text(count_sql), params) or 0)
         elif query.total == "estimate":
-            plan = await conn.scalar(text(f"EXPLAIN (FORMAT JSON) {count_sql}"), sql.params)
+            plan = await conn.scalar(text(f"EXPLAIN (FORMAT JSON) {count_sql}"), params)
             parsed = orjson.loads(plan) if isinstance(plan, (str, bytes)) else plan
             total = int(parsed[0]["Plan"].get("Plan Rows", 0)) if parsed else None
             if total is not None and len(rows) <= query.count and after is None:

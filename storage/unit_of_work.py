@@ -146,17 +146,22 @@ class SqlUnitOfWork:
     ) -> None:
         await aggregates.save_versions(self.conn, self.tenant_id, changed, versions)
 
-    async def append_history(self, version: ResourceVersion, *, command_id: uuid.UUID) -> None:
+    async def append_history(self, versions: list[ResourceVersion], *, command_id: uuid.UUID) -> None:
+        """Every new version of the command, in one statement."""
         await self.conn.execute(
-            insert(tables.resource_history).values(
-                tenant_id=self.tenant_id,
-                resource_type=version.resource_type,
-                resource_id=version.resource_id,
-                version=version.version,
-                last_updated=version.last_updated,
-                command_id=command_id,
-                resource=version.resource,
-            )
+            insert(tables.resource_history),
+            [
+                {
+                    "tenant_id": self.tenant_id,
+                    "resource_type": v.resource_type,
+                    "resource_id": v.resource_id,
+                    "version": v.version,
+                    "last_updated": v.last_updated,
+                    "command_id": command_id,
+                    "resource": v.resource,
+                }
+                for v in versions
+            ],
         )
 
     async def add_provenance(

@@ -1,0 +1,94 @@
+"""The results as plain-text tables (also pasted into README's Performance section)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RUN_COLUMNS = ("requests", "errors", "throughput_per_s", "p50_ms", "p95_ms", "p99_ms")
+
+
+def render(results: dict[str, Any]) -> str:
+    scenarios = results["scenarios"]
+    parts = []
+    if "commands" in scenarios:
+        parts.append(_commands(scenarios["commands"]))
+    if "reads" in scenarios:
+        parts.append(_reads(scenarios["reads"]))
+    if "scale" in scenarios:
+        parts.append(_scale(scenarios["scale"]))
+    if "relay" in scenarios:
+        parts.append(_relay(scenarios["relay"]))
+    return "\n\n".join(parts)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header, *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def _verdict(value: float, target: float, *, at_least: bool) -> str:
+    met = value >= target if at_least else value <= target
+    return f"{'met' if met else 'NOT met'} (target {'≥' if at_least else '≤'} {target:g})"
+
+
+def _runs(runs: list[dict[str, Any]]) -> str:
+    return _table(["run", *RUN_COLUMNS], [[r["name"], *(r[c] for c in RUN_COLUMNS)] for r in runs])
+
+
+def _commands(result: dict[str, Any]) -> str:
+    ratios = result["ratios"]
+    target = result["targets"]["service / (a) throughput"]
+    lines = [
+        f"commands: {result['runs'][0]['concurrency']} in flight, service with {result['workers']} workers",
+        _runs(result["runs"]),
+        f"service / (a): {ratios['service / (a) throughput']:.2f} — "
+        + _verdict(ratios["service / (a) throughput"], target, at_least=True),
+        f"service / (b): {ratios['service / (b) throughput']:.2f}",
+        f"careplan serve peak RSS: {result['peak_rss_mb']} MB, CPU {result['service_cpu_cores']} cores"
+        f" (machine: {result['machine_cpu_cores_busy']} of its cores busy)",
+    ]
+    return "\n".join(lines)
+
+
+def _reads(result: dict[str, Any]) -> str:
+    lines = [f"reads: {result['concurrency']} concurrent clients ({result['tool']})", _runs(result["runs"])]
+    for route, ratio in result["ratios"].items():
+        lines.append(f"{route}: {ratio:.2f} of bare — {_verdict(ratio, result['target'], at_least=True)}")
+    lines.append(f"careplan serve peak RSS: {result['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def _scale(result: dict[str, Any]) -> str:
+    rows = [[s["plans"], s["search"], s["p50_ms"], s["p99_ms"], s["plan_uses"]] for s in result["searches"]]
+    lines = [
+        f"scale: care plans across {result['tenants']} tenants, bulk-loaded ({result['load_seconds']} s);"
+        f" each search {result['repeats']} times, one client",
+        _table(["plans", "search", "p50_ms", "p99_ms", "plan uses"], rows),
+    ]
+    for search, ratio in result["p99_ratio_largest_to_smallest"].items():
+        lines.append(
+            f"{search}: p99 at largest / smallest = {ratio:.2f} — {_verdict(ratio, 2, at_least=False)}"
+        )
+    lines.append(f"careplan serve peak RSS: {result['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def _relay(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"relay lag: {result['rate_per_s']} commands/s (half of the {result['top_throughput_per_s']}/s"
+            f" top), {result['commands']} commands, {result['events_matched']} with their event",
+            f"commit → stream p50 {result['lag_p50_ms']} ms, p99 {result['lag_p99_ms']} ms, max"
+            f" {result['lag_max_ms']} ms — " + _verdict(result["lag_p99_ms"], 50, at_least=False),
+            f"careplan serve peak RSS: {result['peak_rss_mb']} MB",
+        ]
+    )
