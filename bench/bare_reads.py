@@ -16,7 +16,7 @@ from fhir_read.search_query import parse_search
 from storage.search_sql import search_statement
 
 FHIR_JSON = "application/fhir+json"
-PATIENT_SENTINEL = "\x01patient\x01"
+PATIENT_SENTINEL = "bench-patient-sentinel"
 READ_SQL = "SELECT version, last_updated, resource::text FROM care_plans WHERE id = $1"
 
 
@@ -25,11 +25,21 @@ def compiled_search(tenant: str) -> tuple[str, list[Any], int]:
     the position of the patient's parameter."""
     query = parse_search("CarePlan", [("patient", PATIENT_SENTINEL), ("status", "active")], lenient=False)
     statement = search_statement(tenant, query, patient_id=None, after=None)
-    names = list(statement.params)
-    sql = re.sub(r":(p\d+)\b", lambda m: f"${names.index(m.group(1)) + 1}", statement.page_sql)
-    values = list(statement.params.values())
+    sql, values = numbered(statement.page_sql, statement.params)
     patient_index = next(i for i, v in enumerate(values) if isinstance(v, str) and PATIENT_SENTINEL in v)
     return sql, values, patient_index
+
+
+def numbered(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """SQLAlchemy's `:name` parameters as asyncpg's `$n`, with the values of those the SQL uses."""
+    used: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in used:
+            used.append(match.group(1))
+        return f"${used.index(match.group(1)) + 1}"
+
+    return re.sub(r"(?<!:):(p\d+)\b", number, sql), [params[name] for name in used]
 
 
 def build_app(pool: asyncpg.Pool, tenant: str) -> web.Application:

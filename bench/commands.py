@@ -111,7 +111,7 @@ async def run_relay_lag(
             on_stream.setdefault(event["causationid"], msg.metadata.timestamp.timestamp())
 
         subscription = await client.nc.jetstream().subscribe(
-            f"careplan.evt.{run_id}t*.>", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=on_event
+            "careplan.evt.>", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=on_event
         )
         open_loop_started = time.time()
         skipped = await _open_loop(mix, concurrency=concurrency, rate=rate, seconds=seconds)

@@ -47,8 +47,10 @@ def _wrk(name: str, url: str, token: str | None, concurrency: int, seconds: floa
         ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:.0f}s", "-s", script.name, *headers, url],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed on {url}: {done.stderr.strip() or done.stdout.strip()}")
     Path(script.name).unlink()
     report = orjson.loads(done.stdout.strip().splitlines()[-1])
     return {

@@ -100,11 +100,15 @@ async def _bare(runtime_dsn: str, tenant: str) -> AsyncIterator[str]:
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):
+                if process.poll() is not None:
+                    raise RuntimeError("the bare reads app exited")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(f"{url}/fhir/CarePlan/none") as response:
                         if response.status == 404:
                             break
                 await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the bare reads app did not start")
         yield url
     finally:
         process.terminate()

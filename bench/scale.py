@@ -7,7 +7,6 @@ index rows), varied in id, patient, status and period: the command path would ta
 from __future__ import annotations
 
 import random
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.bare_reads import numbered
 from bench.commands import command_client
 from bench.infra import Servers, careplan_serve
 from bench.workload import new_plan
@@ -217,11 +217,10 @@ async def _plan_uses(runtime: asyncpg.Connection, tenant: str, params: list[tupl
     statement = search_statement(
         tenant, parse_search("CarePlan", params, lenient=False), patient_id=None, after=None
     )
-    names = list(statement.params)
-    sql = re.sub(r":(p\d+)\b", lambda m: f"${names.index(m.group(1)) + 1}", statement.page_sql)
+    sql, values = numbered(statement.page_sql, statement.params)
     async with runtime.transaction():
         await runtime.execute("SELECT set_config('app.tenant_id', $1, true)", tenant)
-        plan = await runtime.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *statement.params.values())
+        plan = await runtime.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *values)
     nodes = []
 
     def walk(node: dict[str, Any]) -> None:

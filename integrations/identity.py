@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import aiohttp
 import jwt
+from cachetools import TTLCache
 from jwt import PyJWK
 
 from domain.access import Principal
@@ -47,6 +48,10 @@ class JwksSource:
         if key is None:
             raise AuthenticationFailed("token signed with an unknown key")
         return key
+
+    def still_has(self, key: PyJWK) -> bool:
+        """Is this key in the key set as last fetched (a withdrawn one is not)?"""
+        return any(known is key for known in self._keys.values())
 
     def _pick(self, kid: str | None) -> PyJWK | None:
         if kid is None:
@@ -87,17 +92,42 @@ class JwksSource:
 
 class JwtVerifier:
     """Checks signature (RS256/ES256 only), `exp`, and `iss`/`aud` when configured; maps claims:
-    `tenant_id`, `sub`, `roles`, `entitlements`, `patient_id`, `jti`."""
+    `tenant_id`, `sub`, `roles`, `entitlements`, `patient_id`, `jti`.
+
+    A token that verified is remembered for `cache_ttl_s` (never past its `exp`): callers and
+    fhir-gateway send the same token many times, and a signature check costs more than the rest of a
+    read. A key withdrawn from the JWKS stops counting within that time (the key set itself is cached
+    for `JwksSource`'s TTL anyway), and at once when a refetched key set no longer has it."""
 
     def __init__(
-        self, keys: JwksSource, *, issuer: str | None, audience: str | None, leeway_s: int = 30
+        self,
+        keys: JwksSource,
+        *,
+        issuer: str | None,
+        audience: str | None,
+        leeway_s: int = 30,
+        cache_ttl_s: float = 60.0,
+        cache_size: int = 10_000,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
+        self._verified: TTLCache[str, tuple[Principal, float, PyJWK]] | None = (
+            TTLCache(maxsize=cache_size, ttl=cache_ttl_s) if cache_ttl_s > 0 else None
+        )
 
     async def verify(self, token: str) -> Principal:
+        if self._verified is not None:
+            hit = self._verified.get(token)
+            if hit is not None and time.time() <= hit[1] + self._leeway_s and self._keys.still_has(hit[2]):
+                return hit[0]
+        principal, expires_at, key = await self._verify(token)
+        if self._verified is not None:
+            self._verified[token] = (principal, expires_at, key)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float, PyJWK]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -124,7 +154,7 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"invalid token: {exc}") from exc
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), float(claims["exp"]), key
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:

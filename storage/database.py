@@ -10,6 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+# Every tenant-bound transaction starts with this (RLS policies read the setting). is_local=true: the
+# setting dies with the transaction, so a pooled connection never leaks it.
+SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant, true)")
+
 
 def to_sqlalchemy_url(url: str) -> URL:
     """Accept plain libpq URLs (`postgresql://…`, `postgres://…`) and pin the asyncpg driver."""

@@ -83,8 +83,11 @@ class OutboxRelay:
     async def _lead(self, leader_conn: AsyncConnection, stop: asyncio.Event) -> None:
         retries = 0
         while not stop.is_set():
-            # Cheap check that the lock's connection is alive; if it died, so did our leadership.
+            # Cheap check that the lock's connection is alive; if it died, so did our leadership. Then end
+            # the transaction that statement began: Postgres holds notifications back from a session that
+            # is inside a transaction, so an open one would leave the relay polling instead of woken.
             await leader_conn.execute(text("SELECT 1"))
+            await leader_conn.commit()
             self._wake.clear()
             result = await self.publish_batch()
             if result.broker_failed:

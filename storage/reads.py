@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Unavailable
+from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
 
 # Patients never see plans that are not (yet, or ever) real (CONTRACT §6).
@@ -32,7 +33,7 @@ class StoredResource:
 async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[AsyncConnection]:
     try:
         async with engine.connect() as conn, conn.begin():
-            await conn.execute(select(func.set_config("app.tenant_id", tenant_id, True)))
+            await conn.execute(SET_TENANT, {"tenant": tenant_id})
             yield conn
     except Exception as exc:
         if is_transient(exc):

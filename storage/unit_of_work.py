@@ -9,7 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.care_plan import CarePlanAggregate
@@ -17,6 +17,7 @@ from domain.entities import Versioned
 from domain.errors import Unavailable
 from handlers.ports import OutboxMessage, ResourceVersion, StoredOutcome
 from storage import aggregates, tables
+from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
 
 
@@ -33,8 +34,7 @@ class SqlUnitOfWork:
         try:
             self._conn = await self._engine.connect()
             await self._conn.begin()
-            # is_local=true: the setting dies with the transaction, so a pooled connection never leaks it.
-            await self._conn.execute(select(func.set_config("app.tenant_id", self.tenant_id, True)))
+            await self._conn.execute(SET_TENANT, {"tenant": self.tenant_id})
         except Exception as exc:
             await self._close()
             if is_transient(exc):

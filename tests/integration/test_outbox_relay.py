@@ -115,3 +115,29 @@ async def test_published_rows_past_retention_are_deleted_and_others_kept(
         )
     assert deleted >= 1
     assert left == {recent, waiting}
+
+
+async def test_the_leading_relay_waits_outside_a_transaction_so_commits_can_wake_it(
+    service: RunningService, admin_engine: AsyncEngine
+) -> None:
+    """Postgres holds NOTIFY back from a session inside a transaction: a leader idling in one would only
+    ever be woken by its polling timer (it once was, and events went out ~half a poll interval late)."""
+    states = []
+    for _ in range(20):
+        async with admin_engine.connect() as conn:
+            states += (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                            "WHERE l.locktype = 'advisory' AND a.application_name = 'careplan-relay' "
+                            "AND a.datname = current_database()"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        await asyncio.sleep(0.1)
+    assert states, "no relay holds the leader lock"
+    assert "idle" in states, states

@@ -169,3 +169,42 @@ async def test_a_key_rotation_at_identity_service_needs_no_restart(unused_tcp_po
         await runner.cleanup()
     assert all(isinstance(o, AuthenticationFailed) for o in outcomes)
     assert fetches - before == 1
+
+
+class CountingSource(JwksSource):
+    """The real key source, counting how often a token's key is looked up (once per signature check)."""
+
+    lookups = 0
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK:
+        self.lookups += 1
+        return await super().key_for(kid)
+
+
+async def test_a_token_seen_before_is_not_checked_again_until_it_expires(keys: DevKeys) -> None:
+    source = CountingSource(keys.jwks_url)
+    checker = JwtVerifier(source, issuer=None, audience="care-plan-service", leeway_s=0)
+    token = keys.mint(tenant_id="t1", roles=["clinician"], ttl_s=2)
+    for _ in range(5):
+        assert (await checker.verify(token)).tenant_id == "t1"
+    assert source.lookups == 1
+    # Past its exp the remembered verification does not count: the token is checked, and refused.
+    await asyncio.sleep(2.2)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        await checker.verify(token)
+    assert source.lookups == 2
+
+
+async def test_a_remembered_token_stops_counting_once_its_key_is_withdrawn(
+    keys: DevKeys, tmp_path: Path
+) -> None:
+    source = JwksSource(keys.jwks_url, min_refresh_s=0)
+    checker = JwtVerifier(source, issuer=None, audience="care-plan-service")
+    token = keys.mint(tenant_id="t1", roles=[])
+    await checker.verify(token)
+    # identity-service replaces its key; a token of the new key makes us fetch the new set
+    rotated = write_new_keys(tmp_path / "rotated")
+    keys.jwks_path.write_text(rotated.jwks_path.read_text())
+    await checker.verify(rotated.mint(tenant_id="t2", roles=[]))
+    with pytest.raises(AuthenticationFailed, match="unknown key"):
+        await checker.verify(token)
