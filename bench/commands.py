@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import subprocess
 import sys
 import time
@@ -172,7 +173,7 @@ async def _open_loop(mix: CommandMix, *, concurrency: int, rate: float, seconds:
 def _pct(ordered: list[float], p: float) -> float:
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * p / 100) - 1))]
 
 
 def _ratio(run: Run, baseline: Run) -> float:

@@ -166,8 +166,7 @@ class CommandProcessor:
             try:
                 if refused is not None:
                     raise refused
-                async with uow.savepoint():
-                    result = await spec.execute(data, ctx, uow)
+                result = await spec.execute(data, ctx, uow)
                 reply = Reply(
                     command_id=str(envelope.command_id),
                     ok=True,
@@ -177,7 +176,11 @@ class CommandProcessor:
                     ),
                 )
             except DomainError as exc:
-                # Business rejections are final: remember them, so a redelivery gets the same answer.
+                # Business rejections are final: remember them, so a redelivery gets the same answer. Use
+                # cases decide before they write; one that wrote first has its writes rolled back here.
+                if uow.has_written:
+                    await uow.restart()
+                    await uow.lock_command(envelope.command_id)
                 reply = error_reply(str(envelope.command_id), rejection_for(exc))
             await uow.record_outcome(
                 envelope.command_id,

@@ -14,7 +14,6 @@ from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
 from handlers.ports import ResourceVersion
 from storage import tables
-from storage.search_index import reindex
 
 _STATE: dict[str, TypeAdapter[Any]] = {
     "CarePlan": TypeAdapter(CarePlan),
@@ -112,7 +111,8 @@ async def save_versions(
     changed: list[tuple[str, Versioned]],
     versions: list[ResourceVersion],
 ) -> None:
-    """Write each changed resource's current row (insert at version 1, update after)."""
+    """Write each changed resource's current row (insert at version 1, update after); the caller
+    reindexes them (`storage.search_index`)."""
     rendered = {(v.resource_type, v.resource_id): v.resource for v in versions}
     for resource_type, entity in changed:
         row = {
@@ -127,7 +127,6 @@ async def save_versions(
         result = await conn.execute(_UPSERTS[resource_type], row)
         if result.rowcount != 1:
             raise RuntimeError(f"{resource_type}/{entity.id} was not at version {entity.version - 1}")
-    await reindex(conn, tenant_id, [v.resource for v in versions])
 
 
 def _columns(entity: Versioned) -> dict[str, Any]:

@@ -55,53 +55,43 @@ def index_rows(tenant_id: str, resource: dict[str, Any]) -> list[tuple[TextClaus
     return [(statement, params) for statement, params in batches if params]
 
 
-# Old rows of every given resource out of all four tables, in one statement.
-_DELETE_ALL = text(
-    "WITH k AS (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS k(rt, id)), "
-    + ", ".join(
-        f"d_{table} AS (DELETE FROM {table} s USING k WHERE s.tenant_id = :tenant "
+# Old rows of the given resources out of all four tables, and their new rows in, as the parts (CTEs) of
+# one statement: every part sees the statement's snapshot, so the deletes never touch the new rows.
+_DELETE_CTES = [
+    "index_keys AS (SELECT * FROM unnest(CAST(:index_types AS text[]), CAST(:index_ids AS text[])) "
+    "AS k(rt, id))",
+    *(
+        f"d_{table} AS (DELETE FROM {table} s USING index_keys k WHERE s.tenant_id = :tenant "
         "AND s.resource_type = k.rt AND s.resource_id = k.id)"
         for table in INDEX_TABLES
-    )
-    + " SELECT 1"
-)
-
-# New rows into all four tables, in one statement: each table's columns as parallel arrays.
-_INSERT_ALL = text(
-    "WITH i_token AS (INSERT INTO search_token "
+    ),
+]
+_INSERT_CTES = [
+    "i_token AS (INSERT INTO search_token "
     "(tenant_id, resource_type, resource_id, param, system, code, display) SELECT :tenant, * FROM unnest("
     "CAST(:token_rt AS text[]), CAST(:token_id AS text[]), CAST(:token_param AS text[]), "
-    "CAST(:token_system AS text[]), CAST(:token_code AS text[]), CAST(:token_display AS text[]))), "
+    "CAST(:token_system AS text[]), CAST(:token_code AS text[]), CAST(:token_display AS text[])))",
     "i_reference AS (INSERT INTO search_reference "
     "(tenant_id, resource_type, resource_id, param, ref_type, ref_id) SELECT :tenant, * FROM unnest("
     "CAST(:reference_rt AS text[]), CAST(:reference_id AS text[]), CAST(:reference_param AS text[]), "
-    "CAST(:reference_type AS text[]), CAST(:reference_ref AS text[]))), "
+    "CAST(:reference_type AS text[]), CAST(:reference_ref AS text[])))",
     "i_date AS (INSERT INTO search_date (tenant_id, resource_type, resource_id, param, low, high) "
     "SELECT :tenant, rt, id, p, coalesce(lo, '-infinity'::timestamptz), "
     "coalesce(hi, 'infinity'::timestamptz) "
     "FROM unnest(CAST(:date_rt AS text[]), CAST(:date_id AS text[]), CAST(:date_param AS text[]), "
-    "CAST(:date_low AS timestamptz[]), CAST(:date_high AS timestamptz[])) AS x(rt, id, p, lo, hi)), "
+    "CAST(:date_low AS timestamptz[]), CAST(:date_high AS timestamptz[])) AS x(rt, id, p, lo, hi))",
     "i_string AS (INSERT INTO search_string (tenant_id, resource_type, resource_id, param, value) "
     "SELECT :tenant, * FROM unnest(CAST(:string_rt AS text[]), CAST(:string_id AS text[]), "
-    "CAST(:string_param AS text[]), CAST(:string_value AS text[]))) "
-    "SELECT 1"
-)
+    "CAST(:string_param AS text[]), CAST(:string_value AS text[])))",
+]
 
 
-async def reindex(conn: AsyncConnection, tenant_id: str, resources: list[dict[str, Any]]) -> None:
-    """Replace the index rows of these resources (each a current FHIR resource of one tenant): two
-    statements whatever their number, where a row at a time cost a round trip each."""
-    if not resources:
-        return
-    await conn.execute(
-        _DELETE_ALL,
-        {
-            "tenant": tenant_id,
-            "types": [r["resourceType"] for r in resources],
-            "ids": [r["id"] for r in resources],
-        },
-    )
-    columns: dict[str, list[Any]] = {name: [] for name in _INSERT_COLUMNS}
+def reindex_parts(resources: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The CTEs that replace these resources' index rows, and their parameters (`:tenant` is the
+    caller's to bind)."""
+    columns: dict[str, Any] = {name: [] for name in _INSERT_COLUMNS}
+    columns["index_types"] = [r["resourceType"] for r in resources]
+    columns["index_ids"] = [r["id"] for r in resources]
     for resource in resources:
         values = extract(resource)
         key = (resource["resourceType"], resource["id"])
@@ -113,7 +103,15 @@ async def reindex(conn: AsyncConnection, tenant_id: str, resources: list[dict[st
             _append(columns, "date", key, param, date.low, date.high)
         for param, string in values.strings:
             _append(columns, "string", key, param, string)
-    await conn.execute(_INSERT_ALL, {"tenant": tenant_id, **columns})
+    return [*_DELETE_CTES, *_INSERT_CTES], columns
+
+
+async def reindex(conn: AsyncConnection, tenant_id: str, resources: list[dict[str, Any]]) -> None:
+    """Replace the index rows of these resources (each a current FHIR resource of one tenant), in one
+    statement whatever their number."""
+    if resources:
+        ctes, params = reindex_parts(resources)
+        await conn.execute(text(f"WITH {', '.join(ctes)} SELECT 1"), {"tenant": tenant_id, **params})
 
 
 _INSERT_COLUMNS = {
@@ -128,7 +126,7 @@ _INSERT_COLUMNS = {
 }
 
 
-def _append(columns: dict[str, list[Any]], table: str, key: tuple[str, str], *values: Any) -> None:
+def _append(columns: dict[str, Any], table: str, key: tuple[str, str], *values: Any) -> None:
     names = [name for name in _INSERT_COLUMNS if name.startswith(f"{table}_")]
     for name, value in zip(names, (*key, *values), strict=True):
         columns[name].append(value)

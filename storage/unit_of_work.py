@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -19,6 +18,7 @@ from handlers.ports import OutboxMessage, ResourceVersion, StoredOutcome
 from storage import aggregates, tables
 from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
+from storage.write_batch import WriteBatch
 
 
 class SqlUnitOfWork:
@@ -29,18 +29,30 @@ class SqlUnitOfWork:
         self._engine = engine
         self.tenant_id = tenant_id
         self._conn: AsyncConnection | None = None
+        self._batch = WriteBatch()
+        self.has_written = False  # a current row was written: a rejection now needs `restart()`
 
     async def __aenter__(self) -> Self:
         try:
             self._conn = await self._engine.connect()
-            await self._conn.begin()
-            await self._conn.execute(SET_TENANT, {"tenant": self.tenant_id})
+            await self._begin()
         except Exception as exc:
             await self._close()
             if is_transient(exc):
                 raise Unavailable("database", describe(exc)) from exc
             raise
         return self
+
+    async def _begin(self) -> None:
+        await self.conn.begin()
+        await self.conn.execute(SET_TENANT, {"tenant": self.tenant_id})
+        self._batch = WriteBatch()
+        self.has_written = False
+
+    async def restart(self) -> None:
+        """Roll back everything so far and begin again (a rejection that came after writes)."""
+        await self.conn.rollback()
+        await self._begin()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -56,18 +68,15 @@ class SqlUnitOfWork:
         return self._conn
 
     async def commit(self) -> None:
+        """Write what was collected (one statement), then commit."""
         try:
+            if self._batch:
+                await self.conn.execute(*self._batch.statement(self.tenant_id))
             await self.conn.commit()
         except Exception as exc:
             if is_transient(exc):
                 raise Unavailable("database", describe(exc)) from exc
             raise
-
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[object]:
-        """Work that a domain error may undo while the transaction goes on (to record the rejection)."""
-        async with self.conn.begin_nested() as nested:
-            yield nested
 
     async def _close(self) -> None:
         if self._conn is not None:
@@ -113,16 +122,15 @@ class SqlUnitOfWork:
         outcome: dict[str, Any],
         correlation_id: str | None,
     ) -> None:
-        await self.conn.execute(
-            insert(tables.command_log).values(
-                tenant_id=self.tenant_id,
-                command_id=command_id,
-                command_type=command_type,
-                request_hash=request_hash,
-                status=status,
-                outcome=outcome,
-                correlation_id=correlation_id,
-            )
+        self._batch.outcomes.append(
+            {
+                "command_id": command_id,
+                "command_type": command_type,
+                "request_hash": request_hash,
+                "status": status,
+                "outcome": orjson.dumps(outcome).decode(),
+                "correlation_id": correlation_id,
+            }
         )
 
     # --- resources ---
@@ -144,44 +152,32 @@ class SqlUnitOfWork:
     async def save_versions(
         self, changed: list[tuple[str, Versioned]], versions: list[ResourceVersion]
     ) -> None:
+        """The current rows now (their version guard must hold before anything else is written); their
+        search index with the rest, at commit."""
+        self.has_written = True
         await aggregates.save_versions(self.conn, self.tenant_id, changed, versions)
+        self._batch.index += [v.resource for v in versions]
 
     async def append_history(self, versions: list[ResourceVersion], *, command_id: uuid.UUID) -> None:
-        """Every new version of the command, in one statement."""
-        await self.conn.execute(
-            insert(tables.resource_history),
-            [
-                {
-                    "tenant_id": self.tenant_id,
-                    "resource_type": v.resource_type,
-                    "resource_id": v.resource_id,
-                    "version": v.version,
-                    "last_updated": v.last_updated,
-                    "command_id": command_id,
-                    "resource": v.resource,
-                }
-                for v in versions
-            ],
-        )
+        self._batch.history += [(v, command_id) for v in versions]
 
     async def add_provenance(
         self, provenance: dict[str, Any], *, recorded: datetime, patient_id: str | None, targets: list[str]
     ) -> None:
-        await self.conn.execute(
-            insert(tables.provenance).values(
-                tenant_id=self.tenant_id,
-                id=provenance["id"],
-                recorded=recorded,
-                patient_id=patient_id,
-                targets=targets,
-                resource=provenance,
-            )
+        self._batch.provenance.append(
+            {
+                "id": provenance["id"],
+                "recorded": recorded,
+                "patient": patient_id,
+                "targets": targets,
+                "resource": orjson.dumps(provenance).decode(),
+            }
         )
 
     # --- outbox ---
 
     async def add_to_outbox(self, messages: list[OutboxMessage]) -> None:
-        await insert_outbox(self.conn, self.tenant_id, messages)
+        self._batch.outbox += messages
 
 
 async def insert_outbox(conn: AsyncConnection, tenant_id: str, messages: list[OutboxMessage]) -> None:

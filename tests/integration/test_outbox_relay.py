@@ -122,7 +122,7 @@ async def test_the_leading_relay_waits_outside_a_transaction_so_commits_can_wake
 ) -> None:
     """Postgres holds NOTIFY back from a session inside a transaction: a leader idling in one would only
     ever be woken by its polling timer (it once was, and events went out ~half a poll interval late)."""
-    states = []
+    states: list[str] = []
     for _ in range(20):
         async with admin_engine.connect() as conn:
             states += (

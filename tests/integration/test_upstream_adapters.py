@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 
 from domain.errors import Unavailable
 from handlers.ports import CodeVerdict, EncounterRecord, PatientRecord, PractitionerRecord
-from integrations.circuit_breaker import CircuitState
+from integrations.circuit_breaker import CircuitState, state_of
 from integrations.upstream import (
     NatsProviderDirectory,
     NatsRegistration,
@@ -161,7 +161,7 @@ async def test_a_reply_that_is_not_the_contracts_shape_counts_as_silence(
     client = client_for(nc, upstream.subjects.registration, clock, timeout_s=0.5)
     with pytest.raises(Unavailable, match="registration unavailable"):
         await NatsRegistration(client).patient("t1", "p1", token=TOKEN)
-    assert client.breaker.state is CircuitState.CLOSED  # one silence is not yet a pattern
+    assert state_of(client.breaker) is CircuitState.CLOSED  # one silence is not yet a pattern
 
 
 async def test_an_encounter_found_without_its_patient_is_no_answer(
@@ -185,7 +185,7 @@ async def test_a_flapping_service_opens_its_circuit_then_closes_it_when_it_answe
     for _ in range(3):
         with pytest.raises(Unavailable, match="no responders"):
             await registration.patient("t1", "p-new", token=TOKEN)
-    assert client.breaker.state is CircuitState.OPEN
+    assert state_of(client.breaker) is CircuitState.OPEN
 
     # When it is back, an open circuit still fails fast, without asking it
     await upstream.registration.start()
@@ -198,7 +198,7 @@ async def test_a_flapping_service_opens_its_circuit_then_closes_it_when_it_answe
     clock.now += 10
     with pytest.raises(Unavailable, match="no responders"):
         await registration.patient("t1", "p1", token=TOKEN)
-    assert client.breaker.state is CircuitState.OPEN  # a failed probe opens it again at once
+    assert state_of(client.breaker) is CircuitState.OPEN  # a failed probe opens it again at once
     with pytest.raises(Unavailable, match="circuit open"):
         await registration.patient("t1", "p1", token=TOKEN)
 
@@ -206,7 +206,7 @@ async def test_a_flapping_service_opens_its_circuit_then_closes_it_when_it_answe
     await upstream.registration.start()
     clock.now += 10
     assert await registration.patient("t1", "p1", token=TOKEN) == PatientRecord(True, True)
-    assert client.breaker.state is CircuitState.CLOSED
+    assert state_of(client.breaker) is CircuitState.CLOSED
     assert await registration.patient("t1", "p2", token=TOKEN) == PatientRecord(False, False)
     assert [r.body["patient_id"] for r in upstream.registration.requests] == ["p1", "p2"]
 
@@ -217,4 +217,4 @@ async def test_refusals_are_answers_and_keep_the_circuit_closed(
     client = client_for(nc, upstream.subjects.registration, clock, failures=2)
     for n in range(5):
         assert not (await NatsRegistration(client).patient("t1", f"p{n}", token=TOKEN)).found
-    assert client.breaker.state is CircuitState.CLOSED
+    assert state_of(client.breaker) is CircuitState.CLOSED
