@@ -35,7 +35,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--concurrency", type=int, default=64, help="commands in flight")
     parser.add_argument("--commands", type=int, default=3000, help="commands per measured phase")
-    parser.add_argument("--workers", type=int, default=8, help="CAREPLAN_WORKERS of the service")
+    parser.add_argument("--workers", type=int, default=8, help="CAREPLAN_WORKERS of each service process")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="careplan serve processes on the command consumer (default: one per core)",
+    )
     parser.add_argument("--read-seconds", type=float, default=8.0, help="seconds per read route")
     parser.add_argument(
         "--sizes", default="10000,100000,1000000", help="care plans for the scale scenario, comma separated"
@@ -58,12 +64,20 @@ def main() -> None:
 async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespace) -> dict[str, Any]:
     plans: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "commands": lambda: run_commands(
-            running, concurrency=args.concurrency, total=args.commands, workers=args.workers
+            running,
+            concurrency=args.concurrency,
+            total=args.commands,
+            workers=args.workers,
+            replicas=args.replicas,
         ),
         "reads": lambda: run_reads(running, concurrency=32, seconds=args.read_seconds),
         "scale": lambda: run_scale(running, sizes=[int(s) for s in args.sizes.split(",")]),
         "relay": lambda: run_relay_lag(
-            running, concurrency=args.concurrency, seconds=args.relay_seconds, workers=args.workers
+            running,
+            concurrency=args.concurrency,
+            seconds=args.relay_seconds,
+            workers=args.workers,
+            replicas=args.replicas,
         ),
     }
     results: dict[str, Any] = {"scenarios": {}}

@@ -27,13 +27,19 @@ from bench.sql_baseline import SqlTransactions, sample_write_sets
 from bench.workload import CommandMix
 
 
-async def run_commands(servers: Servers, *, concurrency: int, total: int, workers: int) -> dict[str, Any]:
+async def run_commands(
+    servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int
+) -> dict[str, Any]:
     database = await servers.fresh_database()
     run_id = uuid.uuid4().hex[:6]
     warm_up = max(total // 5, concurrency * 4)
     async with command_client(servers) as client:
         async with careplan_serve(
-            servers, database, name="commands", extra_env={"CAREPLAN_WORKERS": str(workers)}
+            servers,
+            database,
+            name="commands",
+            replicas=replicas,
+            extra_env={"CAREPLAN_WORKERS": str(workers)},
         ) as serve:
             mix = CommandMix(client, servers.keys, run_id=run_id)
             await mix.setup(concurrency)
@@ -79,6 +85,7 @@ async def run_commands(servers: Servers, *, concurrency: int, total: int, worker
         "targets": {"service / (a) throughput": 0.60},
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "workers": workers,
+        "replicas": replicas,
         "service_cpu_cores": service_cpu,
         "machine_cpu_cores_busy": machine_busy,
         "service_error_codes": error_codes,
@@ -87,7 +94,7 @@ async def run_commands(servers: Servers, *, concurrency: int, total: int, worker
 
 
 async def run_relay_lag(
-    servers: Servers, *, concurrency: int, seconds: float, workers: int
+    servers: Servers, *, concurrency: int, seconds: float, workers: int, replicas: int
 ) -> dict[str, Any]:
     """The service's top throughput (a short closed loop), then an open loop at half of it while every
     event is read back from CAREPLAN_EVENTS: lag = the event's JetStream timestamp minus the moment its
@@ -98,7 +105,7 @@ async def run_relay_lag(
     async with (
         command_client(servers) as client,
         careplan_serve(
-            servers, database, name="relay", extra_env={"CAREPLAN_WORKERS": str(workers)}
+            servers, database, name="relay", replicas=replicas, extra_env={"CAREPLAN_WORKERS": str(workers)}
         ) as serve,
     ):
         mix = CommandMix(client, servers.keys, run_id=run_id)
@@ -132,6 +139,7 @@ async def run_relay_lag(
         "lag_p99_ms": round(_pct(lags, 99) * 1000, 2),
         "lag_max_ms": round(lags[-1] * 1000, 2) if lags else None,
         "targets": {"lag_p99_ms": 50},
+        "replicas": replicas,
         "peak_rss_mb": round(peak_rss / 2**20, 1),
     }
 

@@ -98,11 +98,11 @@ def free_port() -> int:
 
 
 class RssSampler:
-    """Peak resident memory of a process (and its children: a profiler's), sampled every 50 ms while the
-    benchmark runs; and the CPU time it used, to tell a saturated core from waiting."""
+    """Peak resident memory of processes (summed, with their children: a profiler's), sampled every 50 ms
+    while the benchmark runs; and the CPU time they used, to tell a saturated core from waiting."""
 
-    def __init__(self, pid: int) -> None:
-        self._process = psutil.Process(pid)
+    def __init__(self, pids: list[int]) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
         self.peak_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._cpu_mark = (0.0, 0.0)
@@ -112,11 +112,19 @@ class RssSampler:
 
     def _cpu_seconds(self) -> float:
         total = 0.0
-        for process in (self._process, *self._process.children(recursive=True)):
+        for process in self._all():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 total += times.user + times.system
         return total
+
+    def _all(self) -> list[psutil.Process]:
+        found = []
+        for process in self._processes:
+            found.append(process)
+            with contextlib.suppress(psutil.Error):
+                found += process.children(recursive=True)
+        return found
 
     def mark_cpu(self) -> None:
         """Start counting CPU time from now (see `cpu_utilization`)."""
@@ -130,11 +138,7 @@ class RssSampler:
     async def _sample(self) -> None:
         while True:
             with contextlib.suppress(psutil.Error):
-                rss = sum(
-                    p.memory_info().rss
-                    for p in (self._process, *self._process.children(recursive=True))
-                    if p.name() != "py-spy"
-                )
+                rss = sum(p.memory_info().rss for p in self._all() if p.name() != "py-spy")
                 self.peak_bytes = max(self.peak_bytes, rss)
             await asyncio.sleep(0.05)
 
@@ -148,66 +152,92 @@ class RssSampler:
 
 @dataclass
 class ServeProcess:
-    process: subprocess.Popen[bytes]
-    http_url: str
+    processes: list[subprocess.Popen[bytes]]
+    http_url: str  # the first replica's
     rss: RssSampler
-    log_path: Path
 
 
 @contextlib.asynccontextmanager
 async def careplan_serve(
-    servers: Servers, database: Database, *, name: str, extra_env: dict[str, str] | None = None
+    servers: Servers,
+    database: Database,
+    *,
+    name: str,
+    replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServeProcess]:
-    """`careplan serve` on this run's servers, ready (its /readyz says so) before the benchmark starts."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "CAREPLAN_NATS_URL": servers.nats_url,
-        "CAREPLAN_DATABASE_URL": database.runtime,
-        "CAREPLAN_SYSTEM_DATABASE_URL": database.system,
-        "CAREPLAN_JWKS_URL": servers.keys.jwks_url,
-        "CAREPLAN_HTTP_PORT": str(port),
-        "CAREPLAN_UPSTREAM_MODE": "off",
-        "CAREPLAN_LOG_LEVEL": "WARNING",
-        "CAREPLAN_SCHEDULER_INTERVAL_S": "3600",
-        **(extra_env or {}),
-    }
-    log_path = servers.workdir / f"serve-{name}.log"
-    command = [sys.executable, "-m", "service.cli", "serve"]
+    """`careplan serve` on this run's servers — `replicas` processes on one durable consumer, as a
+    deployment scales out — each ready (its /readyz says so) before the benchmark starts."""
+    processes: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
     profile_dir = os.environ.get("CAREPLAN_BENCH_PROFILE")
-    if profile_dir:
-        # py-spy's collapsed stacks of the whole run, one file a scenario (`pip install py-spy`).
-        out = Path(profile_dir) / f"{name}.txt"
-        command = ["py-spy", "record", "--nonblocking", "--rate", "200", "--format", "raw", "-o", str(out)]
-        command += ["--", sys.executable, "-m", "service.cli", "serve"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a profiler's child is stopped with it
-        )
-    http_url = f"http://127.0.0.1:{port}"
     try:
-        await _wait_ready(process, http_url, log_path)
-        rss = RssSampler(process.pid)
+        for replica in range(replicas):
+            port = free_port()
+            env = {
+                **os.environ,
+                "CAREPLAN_NATS_URL": servers.nats_url,
+                "CAREPLAN_DATABASE_URL": database.runtime,
+                "CAREPLAN_SYSTEM_DATABASE_URL": database.system,
+                "CAREPLAN_JWKS_URL": servers.keys.jwks_url,
+                "CAREPLAN_HTTP_PORT": str(port),
+                "CAREPLAN_UPSTREAM_MODE": "off",
+                "CAREPLAN_LOG_LEVEL": "WARNING",
+                "CAREPLAN_SCHEDULER_INTERVAL_S": "3600",
+                **(extra_env or {}),
+            }
+            log_path = servers.workdir / f"serve-{name}-{replica}.log"
+            command = [sys.executable, "-m", "service.cli", "serve"]
+            if profile_dir:
+                # py-spy's collapsed stacks of the whole run, one file a replica (`pip install py-spy`).
+                out = Path(profile_dir) / f"{name}-{replica}.txt"
+                command = [
+                    "py-spy",
+                    "record",
+                    "--nonblocking",
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(out),
+                ]
+                command += ["--", sys.executable, "-m", "service.cli", "serve"]
+            with log_path.open("wb") as log:
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=ROOT,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group: a profiler's child stops with it
+                    )
+                )
+            urls.append(f"http://127.0.0.1:{port}")
+            await _wait_ready(processes[-1], urls[-1], log_path)
+        rss = RssSampler([p.pid for p in processes])
         rss.start()
-        yield ServeProcess(process, http_url, rss, log_path)
+        yield ServeProcess(processes, urls[0], rss)
         await rss.stop()
     finally:
-        if profile_dir:
-            process.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
+        for process in processes:
+            _stop(process, profiled=bool(profile_dir))
+
+
+def _stop(process: subprocess.Popen[bytes], *, profiled: bool) -> None:
+    if profiled:
+        process.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 async def _wait_ready(process: subprocess.Popen[bytes], http_url: str, log_path: Path) -> None:

@@ -48,7 +48,8 @@ def _commands(result: dict[str, Any]) -> str:
     ratios = result["ratios"]
     target = result["targets"]["service / (a) throughput"]
     lines = [
-        f"commands: {result['runs'][0]['concurrency']} in flight, service with {result['workers']} workers",
+        f"commands: {result['runs'][0]['concurrency']} in flight; careplan serve x{result['replicas']},"
+        f" {result['workers']} workers each",
         _runs(result["runs"]),
         f"service / (a): {ratios['service / (a) throughput']:.2f} — "
         + _verdict(ratios["service / (a) throughput"], target, at_least=True),
@@ -85,8 +86,8 @@ def _scale(result: dict[str, Any]) -> str:
 def _relay(result: dict[str, Any]) -> str:
     return "\n".join(
         [
-            f"relay lag: {result['rate_per_s']} commands/s (half of the {result['top_throughput_per_s']}/s"
-            f" top), {result['commands']} commands, {result['events_matched']} with their event",
+            f"relay lag (careplan serve x{result['replicas']}): {result['rate_per_s']} commands/s"
+            f" (half of the {result['top_throughput_per_s']}/s top), {result['commands']} commands, {result['events_matched']} with their event",
             f"commit → stream p50 {result['lag_p50_ms']} ms, p99 {result['lag_p99_ms']} ms, max"
             f" {result['lag_max_ms']} ms — " + _verdict(result["lag_p99_ms"], 50, at_least=False),
             f"careplan serve peak RSS: {result['peak_rss_mb']} MB",
