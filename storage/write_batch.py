@@ -6,6 +6,7 @@ each. The parts see the statement's snapshot: the index deletes do not see the i
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,4 +78,11 @@ class WriteBatch:
                 f":c{n}_correlation_id))"
             )
             params |= {f"c{n}_{key}": value for key, value in row.items()}
-        return text(f"WITH {', '.join(ctes)} SELECT 1"), params
+        return _statement(tuple(ctes)), params
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(ctes: tuple[str, ...]) -> TextClause:
+    """Commands come in few shapes; parsing a long statement's parameters each time cost more than
+    building its values."""
+    return text(f"WITH {', '.join(ctes)} SELECT 1")
