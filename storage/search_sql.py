@@ -232,9 +232,21 @@ def search_statement(
     keys = [f"{sort_key_sql(sql, resource_type, key)} AS k{i}" for i, key in enumerate(sort)]
     columns = "".join(", " + k for k in keys)
     inner = f"SELECT r.id, r.resource::text AS body{columns} FROM {table} r WHERE {' AND '.join(where)}"
-    outer_where = keyset_after(sql, sort, after[0], after[1]) if after is not None else "true"
-    order = ", ".join(f"k{i} {'DESC' if key.descending else 'ASC'} NULLS LAST" for i, key in enumerate(sort))
-    order = f"{order}, id ASC" if order else "id ASC"
+    if len(sort) == 1 and sort[0].code == "_lastUpdated":
+        # A NOT NULL column sorted alone, its tie broken by id the same way: the order the index
+        # (tenant_id, last_updated, id) holds, read forwards or backwards, so a page stops after `count`
+        # rows instead of sorting every match of the tenant.
+        direction, beyond = ("DESC", "<") if sort[0].descending else ("ASC", ">")
+        order = f"k0 {direction}, id {direction}"
+        outer_where = "true"
+        if after is not None:
+            outer_where = f"(k0, id) {beyond} ({sql.bind(after[0][0])}, {sql.bind(after[1])})"
+    else:
+        outer_where = keyset_after(sql, sort, after[0], after[1]) if after is not None else "true"
+        order = ", ".join(
+            f"k{i} {'DESC' if key.descending else 'ASC'} NULLS LAST" for i, key in enumerate(sort)
+        )
+        order = f"{order}, id ASC" if order else "id ASC"
     page_sql = f"SELECT * FROM ({inner}) q WHERE {outer_where} ORDER BY {order} LIMIT {int(query.count) + 1}"
     count_sql = f"SELECT count(*) FROM {table} r WHERE {' AND '.join(where)}"
     return SearchStatement(page_sql, count_sql, sql.params)
