@@ -3,6 +3,7 @@ always inside a tenant-bound transaction so RLS applies."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,18 +55,45 @@ async def read_resource(
 ) -> StoredResource | None:
     """The current version; a patient caller sees only resources about themselves (Task: `for`), and of
     CarePlans only those that are not draft or void."""
-    table = READABLE_TABLES[resource_type]
-    sql = f"SELECT version, last_updated, resource::text FROM {table} WHERE id = :id"
-    params: dict[str, Any] = {"id": resource_id}
+    sql = _read_sql(READABLE_TABLES[resource_type], patient_id is not None, resource_type == "CarePlan")
+    args: list[Any] = [resource_id]
     if patient_id is not None:
-        sql += " AND patient_id = :patient"
-        params["patient"] = patient_id
+        args.append(patient_id)
         if resource_type == "CarePlan":
-            sql += " AND status <> ALL(:hidden)"
-            params["hidden"] = list(HIDDEN_FROM_PATIENTS)
-    async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(text(sql), params)).one_or_none()
-    return None if row is None else StoredResource(row[0], row[1], row[2])
+            args.append(list(HIDDEN_FROM_PATIENTS))
+    rows = await fetch_in_tenant(engine, tenant_id, sql, *args)
+    return StoredResource(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+@functools.lru_cache(maxsize=32)
+def _read_sql(table: str, for_patient: bool, hide_drafts: bool) -> str:
+    sql = f"SELECT version, last_updated, resource::text FROM {table} WHERE id = $1"
+    if for_patient:
+        sql += " AND patient_id = $2"
+        if hide_drafts:
+            sql += " AND status <> ALL($3::text[])"
+    return sql
+
+
+async def fetch_in_tenant(engine: AsyncEngine, tenant_id: str, sql: str, *args: Any) -> list[Any]:
+    """One read statement in a tenant-bound transaction, on the pooled connection's asyncpg driver
+    itself: on the hottest read SQLAlchemy's statement layer cost more than the database did."""
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            try:
+                async with driver.transaction():
+                    await driver.execute("SELECT set_config('app.tenant_id', $1, true)", tenant_id)
+                    return list(await driver.fetch(sql, *args))
+            except BaseException:
+                # SQLAlchemy did not see this failure: do not hand a broken connection back to the pool.
+                await conn.invalidate()
+                raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise Unavailable("database", describe(exc)) from exc
+        raise
 
 
 async def read_command_outcome(
