@@ -24,6 +24,10 @@ INDEX_OF_TYPE = {
 INDEX_OF_TYPE[URI] = "search_string"
 
 
+# Types whose table holds the FHIR `status` as a column of its own (storage.aggregates writes it).
+STATUS_COLUMN = frozenset({"CarePlan", "Task", "CareTeam"})
+
+
 class Sql:
     """A WHERE-clause builder that names its bind parameters as it goes."""
 
@@ -55,6 +59,13 @@ def criterion_sql(sql: Sql, resource_type: str, criterion: Criterion, alias: str
     code, type_, modifier = criterion.code, criterion.type, criterion.modifier
     if code == "_id":
         return _id_sql(sql, criterion, alias)
+    plain_status = all("|" not in value for value in criterion.values)
+    if code == "status" and resource_type in STATUS_COLUMN and modifier in (None, "not") and plain_status:
+        # The row's own status column: the planner knows how common each status is there (it cannot
+        # from the token index, where `status` and `active` are only two common words), so it picks
+        # e.g. the last_updated index for `status=active&_sort=-_lastUpdated` instead of a full sort.
+        clause = f"{alias}.status = ANY({sql.bind(list(criterion.values))})"
+        return f"NOT ({clause})" if modifier == "not" else clause
     if code == "_lastUpdated":
         if modifier == "missing":
             return "false" if criterion.values[0] == "true" else "true"
