@@ -5,7 +5,6 @@ what HTTP and the database allow. `python -m bench.bare_reads RUNTIME_DSN PORT T
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from fhir_read.search_query import parse_search
-from storage.search_sql import search_statement
+from storage.search_sql import positional, search_statement
 
 FHIR_JSON = "application/fhir+json"
 PATIENT_SENTINEL = "bench-patient-sentinel"
@@ -32,14 +31,8 @@ def compiled_search(tenant: str) -> tuple[str, list[Any], int]:
 
 def numbered(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
     """SQLAlchemy's `:name` parameters as asyncpg's `$n`, with the values of those the SQL uses."""
-    used: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in used:
-            used.append(match.group(1))
-        return f"${used.index(match.group(1)) + 1}"
-
-    return re.sub(r"(?<!:):(p\d+)\b", number, sql), [params[name] for name in used]
+    converted, *values = positional(sql, params)
+    return converted, values
 
 
 def build_app(pool: asyncpg.Pool, tenant: str) -> web.Application:

@@ -87,7 +87,8 @@ def _relay(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"relay lag (careplan serve x{result['replicas']}): {result['rate_per_s']} commands/s"
-            f" (half of the {result['top_throughput_per_s']}/s top), {result['commands']} commands, {result['events_matched']} with their event",
+            f" (half of the {result['top_throughput_per_s']}/s top), {result['commands']} commands,"
+            f" {result['events_matched']} with their event",
             f"commit → stream p50 {result['lag_p50_ms']} ms, p99 {result['lag_p99_ms']} ms, max"
             f" {result['lag_max_ms']} ms — " + _verdict(result["lag_p99_ms"], 50, at_least=False),
             f"careplan serve peak RSS: {result['peak_rss_mb']} MB",

@@ -3,6 +3,7 @@ it in a tenant-bound transaction. Keyset paging on (sort keys…, id); no server
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.search import Criterion, DateValue, Include, SearchQuery, SortKey
 from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange
-from storage.reads import HIDDEN_FROM_PATIENTS, READABLE_TABLES, tenant_transaction
+from storage.reads import HIDDEN_FROM_PATIENTS, READABLE_TABLES, fetch_in_tenant, tenant_transaction
 
 INDEX_OF_TYPE = {
     TOKEN: "search_token",
@@ -263,6 +264,19 @@ def search_statement(
     return SearchStatement(page_sql, count_sql, sql.params)
 
 
+def positional(sql: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The statement with asyncpg's `$n` for our `:pN` names (numbered in order of first use), followed
+    by the values of those it uses."""
+    used: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in used:
+            used.append(match.group(1))
+        return f"${used.index(match.group(1)) + 1}"
+
+    return (re.sub(r"(?<!:):(p\d+)\b", number, sql), *(params[name] for name in used))
+
+
 async def run_search(
     engine: AsyncEngine,
     tenant_id: str,
@@ -274,6 +288,11 @@ async def run_search(
     """One page of matches and the total if asked."""
     statement = search_statement(tenant_id, query, patient_id=patient_id, after=after)
     page_sql, count_sql, params = statement.page_sql, statement.count_sql, statement.params
+    if query.count > 0 and query.total == "none" and query.summary != "count":
+        # The common case, one statement: on the driver itself, like a read (storage.reads).
+        fetched = await fetch_in_tenant(engine, tenant_id, *positional(page_sql, params))
+        found = [Found(row[0], row[1], tuple(row[2:])) for row in fetched[: query.count]]
+        return Page(found, has_more=len(fetched) > query.count, total=None)
     async with tenant_transaction(engine, tenant_id) as conn:
         rows = (await conn.execute(text(page_sql), params)).all() if query.count > 0 else []
         total: int | None = None
