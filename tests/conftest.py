@@ -92,14 +92,23 @@ async def _delete_our_streams(url: str) -> None:
         await nc.close()
 
 
-@pytest.fixture(scope="session")
-def database(postgres_server_url: str) -> Iterator[DatabaseUrls]:
-    name = f"careplan_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def migrated_database(postgres_server_url: str, prefix: str = "careplan_test") -> Iterator[DatabaseUrls]:
+    """A database of its own on the server, migrated, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     asyncio.run(ensure_database(postgres_server_url, name))
     urls = database_urls(postgres_server_url, name)
     asyncio.run(migrate(urls.admin, urls.runtime, urls.system))
-    yield urls
-    asyncio.run(drop_database(postgres_server_url, name))
+    try:
+        yield urls
+    finally:
+        asyncio.run(drop_database(postgres_server_url, name))
+
+
+@pytest.fixture(scope="session")
+def database(postgres_server_url: str) -> Iterator[DatabaseUrls]:
+    with migrated_database(postgres_server_url) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,8 @@ from service.client import envelope, send_command
 from service.embedded import EmbeddedNats
 from service.runner import RunningService, start_service
 from service.settings import Settings
-from storage.database import create_engine, drop_database, ensure_database
-from storage.migrate import migrate
-from tests.conftest import DatabaseUrls, TokenFactory, database_urls
+from storage.database import create_engine
+from tests.conftest import DatabaseUrls, TokenFactory, migrated_database
 from tests.integration.helpers import count_rows, last_event
 from tests.upstream_responders import UpstreamResponders, start_responders
 
@@ -43,12 +42,8 @@ def checked_nats_url(short_tmp: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def checked_database(postgres_server_url: str) -> Iterator[DatabaseUrls]:
-    name = f"careplan_upstream_{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_database(postgres_server_url, name))
-    urls = database_urls(postgres_server_url, name)
-    asyncio.run(migrate(urls.admin, urls.runtime, urls.system))
-    yield urls
-    asyncio.run(drop_database(postgres_server_url, name))
+    with migrated_database(postgres_server_url, "careplan_upstream") as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
