@@ -7,7 +7,7 @@ same concurrency. The rows are copied from commands the service really executed 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -125,7 +125,6 @@ class _Owned:
     plan_version: int
     task_id: str
     task_version: int
-    goals: list[str] = field(default_factory=list)
 
 
 class SqlTransactions:

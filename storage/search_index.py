@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.search_parameters import extract
 
@@ -104,14 +103,6 @@ def reindex_parts(resources: list[dict[str, Any]]) -> tuple[list[str], dict[str,
         for param, string in values.strings:
             _append(columns, "string", key, param, string)
     return [*_DELETE_CTES, *_INSERT_CTES], columns
-
-
-async def reindex(conn: AsyncConnection, tenant_id: str, resources: list[dict[str, Any]]) -> None:
-    """Replace the index rows of these resources (each a current FHIR resource of one tenant), in one
-    statement whatever their number."""
-    if resources:
-        ctes, params = reindex_parts(resources)
-        await conn.execute(text(f"WITH {', '.join(ctes)} SELECT 1"), {"tenant": tenant_id, **params})
 
 
 _INSERT_COLUMNS = {
