@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     INTERNAL = "INTERNAL"
+    # HTTP only (CONTRACT §9): a versioned command without If-Match; a dependency down (retry the same key).
+    PRECONDITION_REQUIRED = "PRECONDITION_REQUIRED"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -55,6 +58,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.PRECONDITION_REQUIRED: 428,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 # When a command names several unknown things, the reply's code is the first kind in this order; its

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,7 +21,10 @@ from handlers.errors import ErrorCode, Rejection, rejection_for
 from handlers.ports import (
     AuthenticationFailed,
     Clock,
+    CommandObservation,
+    CommandObserver,
     IdFactory,
+    NoObserver,
     StoredOutcome,
     TokenVerifier,
     UnitOfWorkFactory,
@@ -43,6 +47,7 @@ class IncomingCommand:
     subject: str
     body: bytes
     headers: Mapping[str, str]
+    transport: str = "nats"
 
     @property
     def command_name(self) -> str:
@@ -70,7 +75,9 @@ class CommandProcessor:
         new_id: IdFactory,
         role_permissions: Mapping[str, frozenset[str]] = DEFAULT_ROLE_PERMISSIONS,
         upstream: UpstreamServices | None = None,
+        observer: CommandObserver | None = None,
     ) -> None:
+        self._observer = observer or NoObserver()
         self._upstream = upstream  # None: ids and codes are taken as given (CAREPLAN_UPSTREAM_MODE=off)
         self._verifier = verifier
         self._unit_of_work = unit_of_work
@@ -78,7 +85,50 @@ class CommandProcessor:
         self._new_id = new_id
         self._role_permissions = role_permissions
 
+    async def admit(self, command_name: str, headers: Mapping[str, str]) -> tuple[CommandSpec, Principal]:
+        """Authenticate and authorize before anything else is looked at: the REST edge asks this first, so
+        a caller who may not write learns that before being told how to shape the request."""
+        principal = await authenticate(self._verifier, bearer_token(headers))
+        spec = COMMANDS.get(command_name)
+        if spec is None:
+            raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {command_name!r}")
+        try:
+            authorize_write(principal, spec.permission, self._role_permissions)
+        except DomainError as exc:
+            raise rejection_for(exc) from exc
+        return spec, principal
+
     async def process(self, incoming: IncomingCommand) -> Reply:
+        started = time.perf_counter()
+        seen = _Seen(command_id=incoming.message_id)
+        try:
+            reply = await self._process(incoming, seen)
+        except Exception:
+            self._observe(incoming, seen, started, outcome="unavailable", status=503)
+            raise
+        outcome = "ok" if reply.error is None else reply.error.code
+        self._observe(incoming, seen, started, outcome=outcome, status=reply.status)
+        return reply
+
+    def _observe(
+        self, incoming: IncomingCommand, seen: _Seen, started: float, *, outcome: str, status: int
+    ) -> None:
+        name = incoming.command_name
+        self._observer.command_processed(
+            CommandObservation(
+                transport=incoming.transport,
+                command=name if name in COMMANDS else "unknown",
+                command_id=seen.command_id,
+                tenant_id=seen.tenant_id,
+                correlation_id=incoming.correlation_id,
+                outcome=outcome,
+                status=status,
+                duration_s=time.perf_counter() - started,
+                replayed=seen.replayed,
+            )
+        )
+
+    async def _process(self, incoming: IncomingCommand, seen: _Seen) -> Reply:
         command_id: str | None = incoming.message_id
         try:
             if len(incoming.body) > MAX_BODY_BYTES:
@@ -95,11 +145,12 @@ class CommandProcessor:
                 )
             token = bearer_token(incoming.headers)
             principal = await authenticate(self._verifier, token)
+            seen.tenant_id = principal.tenant_id
             spec = COMMANDS.get(incoming.command_name)
             if spec is None:
                 raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {incoming.command_name!r}")
             envelope, canonical = _parse_envelope(incoming.body)
-            command_id = str(envelope.command_id)
+            command_id = seen.command_id = str(envelope.command_id)
             try:
                 authorize_write(principal, spec.permission, self._role_permissions)
             except DomainError as exc:
@@ -107,7 +158,9 @@ class CommandProcessor:
             data = _validate(spec.data_model, envelope.data, prefix=("data",))
             reject_invalid_codes(data)
             request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
-            return await self._execute_once(spec, principal, token, envelope, data, request_hash, incoming)
+            return await self._execute_once(
+                spec, principal, token, envelope, data, request_hash, incoming, seen
+            )
         except Rejection as rejection:
             return error_reply(command_id, rejection)
         except InvalidFhirResource:
@@ -123,6 +176,7 @@ class CommandProcessor:
         data: BaseModel,
         request_hash: str,
         incoming: IncomingCommand,
+        seen: _Seen,
     ) -> Reply:
         checked_encounter: CheckedEncounter | None = None
         refused: DomainError | None = None
@@ -136,6 +190,7 @@ class CommandProcessor:
                     await uow.plan_patient(refs.plan_id) if refs.plan_id and refs.encounter else None
                 )
             if stored is not None:
+                seen.replayed = stored.request_hash == request_hash
                 return _answer_again(stored, request_hash)
             try:
                 checked_encounter = await check_references(
@@ -162,6 +217,7 @@ class CommandProcessor:
             await uow.lock_command(envelope.command_id)
             stored = await uow.find_outcome(envelope.command_id)
             if stored is not None:
+                seen.replayed = stored.request_hash == request_hash
                 return _answer_again(stored, request_hash)
             try:
                 if refused is not None:
@@ -192,6 +248,15 @@ class CommandProcessor:
             )
             await uow.commit()
             return reply
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What processing learnt about a command along the way, for its observation."""
+
+    command_id: str | None
+    tenant_id: str | None = None
+    replayed: bool = False
 
 
 def _answer_again(stored: StoredOutcome, request_hash: str) -> Reply:

@@ -215,3 +215,39 @@ class UpstreamServices:
     providers: ProviderDirectory
     terminology: Terminology
     terminology_systems: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandObservation:
+    """What operators learn of one processed command: ids and outcome, never its clinical content."""
+
+    transport: str  # "nats" or "http"
+    command: str  # a registry name, or "unknown" when the subject names none (a bounded label)
+    command_id: str | None
+    tenant_id: str | None  # None until the token is verified
+    correlation_id: str | None
+    outcome: str  # "ok", an error code, or "unavailable" (a dependency was down; the caller retries)
+    status: int
+    duration_s: float
+    replayed: bool  # answered from the command log: a duplicate, changing nothing
+
+
+class CommandObserver(Protocol):
+    """Metrics and logs of the command path, so the handlers stay free of both."""
+
+    def command_processed(self, observation: CommandObservation) -> None: ...
+
+    def command_redelivered(self, command: str, delivery: int) -> None: ...
+
+    def command_dead_lettered(self, command: str) -> None: ...
+
+
+class NoObserver:
+    def command_processed(self, observation: CommandObservation) -> None:
+        pass
+
+    def command_redelivered(self, command: str, delivery: int) -> None:
+        pass
+
+    def command_dead_lettered(self, command: str) -> None:
+        pass

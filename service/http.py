@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,10 @@ from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.search import add_search_routes
+from handlers.openapi import OPENAPI_PATH, openapi_document
+from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
+from handlers.rest_api import add_command_routes
 from storage.reads import read_command_outcome
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ def create_http_app(
     cursor_secret: bytes | None = None,
     public_base_url: str | None = None,
     relay_role: RelayRole = lambda: "off",
+    processor: CommandProcessor | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors_as_documents], client_max_size=1024 * 1024)
     app[_ENGINE] = engine
@@ -45,9 +50,24 @@ def create_http_app(
     add_fhir_routes(app, engine, verifier)
     add_search_routes(app, cursor_secret=cursor_secret, public_base_url=public_base_url)
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
+    if processor is not None:
+        add_command_routes(app, processor, fhir_base=public_base_url)
+        document = orjson.dumps(openapi_document(_service_version()))
+
+        async def openapi(_: web.Request) -> web.Response:
+            return web.Response(body=document, content_type="application/json")
+
+        app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _service_version() -> str:
+    try:
+        return importlib.metadata.version("care-plan-service")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def problem(status: int, title: str, *, code: str, detail: str | None = None) -> web.Response:
@@ -99,11 +119,14 @@ async def _errors_as_documents(
         if exc.status < 400:
             raise
         reason = exc.reason or "error"
-        return (
+        response = (
             operation_outcome(exc.status, reason)
             if fhir
             else problem(exc.status, reason, code=reason.upper().replace(" ", "_"))
         )
+        if "Allow" in exc.headers:  # a 405 says what is allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Unavailable:
         log.warning("dependency unavailable during %s", request.path)
         if fhir:

@@ -181,6 +181,7 @@ async def start_service(settings: Settings) -> RunningService:
         cursor_secret=settings.cursor_secret.encode() if settings.cursor_secret else None,
         public_base_url=settings.public_base_url,
         relay_role=lambda: "leader" if relay.is_leader else "standby",
+        processor=processor,
     )
     http_runner = web.AppRunner(app, access_log=None)
     await http_runner.setup()

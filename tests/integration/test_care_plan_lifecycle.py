@@ -1,8 +1,10 @@
-"""Every command of CONTRACT §4 on real JetStream and Postgres: replies, versions, FHIR and events."""
+"""Every command of CONTRACT §4 on real JetStream and Postgres: replies, versions, FHIR and events.
+Each test runs twice: over NATS (§2) and over the REST write API (§9), which must answer alike."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,16 +16,27 @@ from nats.aio.client import Client as NatsClient
 
 from service.runner import RunningService
 from tests.conftest import TokenFactory
-from tests.integration.commands import Caller
+from tests.integration.commands import Caller, RestCaller
 from tests.integration.helpers import CARE_PLAN, event_caused_by, last_event
 
 SNOMED = "http://snomed.info/sct"
 HBA1C = {"coding": [{"system": "http://loinc.org", "code": "4548-4", "display": "Hemoglobin A1c"}]}
 
 
+CallerFactory = Callable[[str], Caller]
+
+
+@pytest.fixture(params=[Caller, RestCaller], ids=["nats", "http"])
+def make_caller(
+    request: pytest.FixtureRequest, service: RunningService, nc: NatsClient, token_for: TokenFactory
+) -> CallerFactory:
+    kind: type[Caller] = request.param
+    return lambda tenant: kind(nc, service.http_url, token_for(tenant))
+
+
 @pytest.fixture
-def caller(service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory) -> Caller:
-    return Caller(nc, service.http_url, token_for(tenant))
+def caller(make_caller: CallerFactory, tenant: str) -> Caller:
+    return make_caller(tenant)
 
 
 async def test_plan_goal_activity_team_and_review_end_to_end(
@@ -231,11 +244,15 @@ async def test_holding_a_plan_holds_and_resuming_resumes_in_progress_activities(
     assert (await caller.read("Task", task["id"]))["status"] == "in-progress"
 
 
-async def test_versioned_command_without_expected_version_is_a_validation_error(caller: Caller) -> None:
+async def test_versioned_command_without_expected_version_is_refused(caller: Caller) -> None:
     plan = await caller.ok("careplan.create", CARE_PLAN)
     reply = await caller.send("careplan.update", {"care_plan_id": plan["id"], "changes": {"title": "x"}})
-    assert reply["error"]["code"] == "VALIDATION_ERROR"
-    assert reply["error"]["details"]["errors"][0]["path"] == "expected_version"
+    if caller.transport == "nats":
+        assert reply["error"]["code"] == "VALIDATION_ERROR"
+        assert reply["error"]["details"]["errors"][0]["path"] == "expected_version"
+    else:  # HTTP's own status for a missing If-Match (CONTRACT §9)
+        assert (reply["status"], reply["error"]["code"]) == (428, "PRECONDITION_REQUIRED")
+    assert (await caller.read("CarePlan", plan["id"]))["title"] == CARE_PLAN["title"]
 
 
 async def test_intent_and_patient_cannot_change(caller: Caller) -> None:
@@ -325,17 +342,12 @@ def fill(template: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("command", "template"), EVERY_COMMAND, ids=[c for c, _ in EVERY_COMMAND])
 async def test_another_tenants_ids_are_not_found(
-    service: RunningService,
-    nc: NatsClient,
-    tenant: str,
-    token_for: TokenFactory,
-    command: str,
-    template: dict[str, Any],
+    make_caller: CallerFactory, tenant: str, command: str, template: dict[str, Any]
 ) -> None:
     # Given a plan with a goal, a task and a team in tenant A
-    ids = await seed_plan(Caller(nc, service.http_url, token_for(tenant)))
+    ids = await seed_plan(make_caller(tenant))
     # When tenant B sends the command with A's ids
-    intruder = Caller(nc, service.http_url, token_for(f"{tenant}b"))
+    intruder = make_caller(f"{tenant}b")
     reply = await intruder.send(command, fill(template, ids), version=1)
     # Then it is NOT_FOUND, exactly like an id that exists nowhere
     assert reply["status"] == 404, reply

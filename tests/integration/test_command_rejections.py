@@ -68,30 +68,30 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize(
-    "make_token",
-    [
-        pytest.param(lambda keys, tenant: None, id="missing"),
-        pytest.param(lambda keys, tenant: "not-a-jwt", id="malformed"),
-        pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], ttl_s=-120), id="expired"
-        ),
-        pytest.param(forged_token, id="forged"),
-        pytest.param(hs256_token, id="hs256-confusion"),
-        pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience="billing-service"),
-            id="wrong-audience",
-        ),
-        pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience=None),
-            id="no-audience",
-        ),
-        pytest.param(
-            lambda keys, tenant: keys.mint(tenant_id="bad tenant!", roles=["clinician"]),
-            id="invalid-tenant-claim",
-        ),
-    ],
-)
+BAD_TOKENS = [
+    pytest.param(lambda keys, tenant: None, id="missing"),
+    pytest.param(lambda keys, tenant: "not-a-jwt", id="malformed"),
+    pytest.param(
+        lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], ttl_s=-120), id="expired"
+    ),
+    pytest.param(forged_token, id="forged"),
+    pytest.param(hs256_token, id="hs256-confusion"),
+    pytest.param(
+        lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience="billing-service"),
+        id="wrong-audience",
+    ),
+    pytest.param(
+        lambda keys, tenant: keys.mint(tenant_id=tenant, roles=["clinician"], audience=None),
+        id="no-audience",
+    ),
+    pytest.param(
+        lambda keys, tenant: keys.mint(tenant_id="bad tenant!", roles=["clinician"]),
+        id="invalid-tenant-claim",
+    ),
+]
+
+
+@pytest.mark.parametrize("make_token", BAD_TOKENS)
 async def test_bad_tokens_are_unauthenticated_and_write_nothing(
     service: RunningService,
     nc: NatsClient,
