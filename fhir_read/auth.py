@@ -7,6 +7,9 @@ from aiohttp import web
 from domain.access import Principal
 from handlers.ports import AuthenticationFailed, TokenVerifier
 
+# Where an authenticated request keeps its tenant, for the request's log line.
+TENANT_KEY = web.RequestKey("careplan.tenant_id", str)
+
 
 class Unauthenticated(Exception):
     pass
@@ -18,6 +21,8 @@ async def authenticate(request: web.Request, verifier: TokenVerifier) -> Princip
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("an `Authorization: Bearer <JWT>` header is required")
     try:
-        return await verifier.verify(token.strip())
+        principal = await verifier.verify(token.strip())
     except AuthenticationFailed as exc:
         raise Unauthenticated(str(exc)) from exc
+    request[TENANT_KEY] = principal.tenant_id
+    return principal

@@ -22,8 +22,9 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from domain.errors import Unavailable
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, IncomingCommand, error_reply
-from handlers.ports import TokenVerifier
+from handlers.ports import CommandObserver, NoObserver, TokenVerifier
 from handlers.queries import QUERY_SUBJECT, OutcomeReader, command_outcome
+from handlers.registry import COMMANDS
 from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,43 @@ class DeliveryPolicy:
         )
 
 
-def register_command_consumer(broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy) -> Any:
+class Drain:
+    """The end of a graceful stop: commands in flight get until `deadline`; one still running then is
+    cancelled by us (its transaction rolls back) and handed back to the stream at once, for another
+    replica, instead of being cut off by FastStream (which would leave it to the ack wait)."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self._bounds: set[asyncio.Timeout] = set()
+
+    def begin(self, grace_s: float) -> None:
+        self.deadline = asyncio.get_running_loop().time() + grace_s
+        for bound in self._bounds:
+            bound.reschedule(self.deadline)
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
+
+    @contextlib.asynccontextmanager
+    async def bounded(self) -> AsyncIterator[None]:
+        async with asyncio.timeout_at(self.deadline) as bound:
+            self._bounds.add(bound)
+            try:
+                yield
+            finally:
+                self._bounds.discard(bound)
+
+
+def register_command_consumer(
+    broker: NatsBroker,
+    processor: CommandProcessor,
+    policy: DeliveryPolicy,
+    observer: CommandObserver | None = None,
+    *,
+    drain: Drain | None = None,
+    include_in_schema: bool = True,
+) -> Any:
     """One durable pull consumer over `careplan.cmd.>`, up to `policy.workers` messages in flight.
     Returns FastStream's subscriber; hand it to `mend_pull_timeouts` once the broker has started."""
 
@@ -77,12 +114,16 @@ def register_command_consumer(broker: NatsBroker, processor: CommandProcessor, p
         ack_policy=AckPolicy.MANUAL,
         no_reply=True,
         title="careplan.cmd.{command}",
+        include_in_schema=include_in_schema,
         description="Care-plan commands (CONTRACT §2-4). Replies go to the `reply_to` header's subject.",
     )
 
+    watcher = observer or NoObserver()
+    stop = drain or Drain()
+
     @subscriber
     async def on_command(msg: NatsMessageParam) -> None:
-        await handle_delivery(broker, processor, policy, msg)
+        await handle_delivery(broker, processor, policy, msg, watcher, stop)
 
     return subscriber
 
@@ -124,14 +165,45 @@ def register_outcome_query(broker: NatsBroker, verifier: TokenVerifier, read_out
 
 
 async def handle_delivery(
-    broker: NatsBroker, processor: CommandProcessor, policy: DeliveryPolicy, msg: NatsMessage
+    broker: NatsBroker,
+    processor: CommandProcessor,
+    policy: DeliveryPolicy,
+    msg: NatsMessage,
+    observer: CommandObserver | None = None,
+    drain: Drain | None = None,
 ) -> None:
+    observer = observer or NoObserver()
+    drain = drain or Drain()
     raw = msg.raw_message
     incoming = IncomingCommand(subject=raw.subject, body=raw.data or b"", headers=dict(raw.headers or {}))
+    command = incoming.command_name if incoming.command_name in COMMANDS else "unknown"
     delivered = raw.metadata.num_delivered or 1
+    if delivered > 1:
+        observer.command_redelivered(command, delivered)
     try:
-        async with _heartbeat(msg, policy):
-            reply = await processor.process(incoming)
+        try:
+            async with drain.bounded(), _heartbeat(msg, policy):
+                reply = await processor.process(incoming)
+        except TimeoutError:
+            if not drain.expired:
+                raise
+            log.warning(
+                "command %s %s still running when the shutdown grace period ended: handed back",
+                incoming.command_name,
+                incoming.message_id,
+                extra={"subject": raw.subject, "delivered": delivered},
+            )
+            await msg.nack()
+            # Out before the connection closes: a nak left in the client's buffer is lost, and the command
+            # would wait out the ack wait after all.
+            with contextlib.suppress(Exception):
+                await broker.connection.flush(timeout=2)
+            return
+    except asyncio.CancelledError:
+        # Cut off by FastStream all the same (a stop without our drain): hand it back in a task of its own,
+        # since this one is inside FastStream's cancelled scope, where every await is cancelled again.
+        _hand_back(msg)
+        raise
     except Exception as exc:
         if delivered < policy.max_deliver:
             delay = policy.nak_delay(delivered)
@@ -149,6 +221,7 @@ async def handle_delivery(
             await msg.nack(delay=delay)
             return
         await _dead_letter(broker, incoming, delivered, exc)
+        observer.command_dead_lettered(command)
         code = ErrorCode.UPSTREAM_UNAVAILABLE if _is_upstream(exc) else ErrorCode.INTERNAL
         reply = error_reply(
             incoming.message_id, Rejection(code, "the command could not be processed; retry later")
@@ -157,6 +230,19 @@ async def handle_delivery(
     # Ack only once the outcome is committed and the reply is out; a crash before here redelivers,
     # and the command log answers the redelivery.
     await raw.ack_sync()
+
+
+_HANDED_BACK: set[asyncio.Task[None]] = set()
+
+
+def _hand_back(msg: NatsMessage) -> None:
+    async def nak() -> None:
+        with contextlib.suppress(Exception):
+            await msg.raw_message.nak()
+
+    task = asyncio.get_running_loop().create_task(nak())
+    _HANDED_BACK.add(task)
+    task.add_done_callback(_HANDED_BACK.discard)
 
 
 async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply) -> None:

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from domain.errors import Unavailable
+from fhir_read.auth import TENANT_KEY
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, IncomingCommand
 from handlers.registry import COMMANDS, VersionCheck
@@ -97,7 +98,8 @@ def _handler(
     async def handle(request: web.Request) -> web.Response:
         command_id: str | None = None
         try:
-            await processor.admit(route.command, request.headers)
+            _, principal = await processor.admit(route.command, request.headers)
+            request[TENANT_KEY] = principal.tenant_id
             command_id = idempotency_key(request.headers)
             headers = _command_headers(request.headers, command_id)
             envelope = await _envelope(route, request, command_id)

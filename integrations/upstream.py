@@ -29,7 +29,7 @@ from handlers.ports import (
     PractitionerRecord,
     UpstreamServices,
 )
-from integrations.circuit_breaker import CircuitBreaker, CircuitState
+from integrations.circuit_breaker import CircuitBreaker, CircuitState, state_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
@@ -144,10 +144,16 @@ class UpstreamClient:
         return Unavailable(self.service, why)
 
 
-class NatsRegistration:
+class _NatsAdapter:
     def __init__(self, client: UpstreamClient) -> None:
         self._client = client
 
+    @property
+    def client(self) -> UpstreamClient:
+        return self._client
+
+
+class NatsRegistration(_NatsAdapter):
     async def patient(self, tenant_id: str, patient_id: str, *, token: str) -> PatientRecord:
         reply = await self._client.ask(
             {"tenant_id": tenant_id, "patient_id": patient_id},
@@ -159,10 +165,7 @@ class NatsRegistration:
         return PatientRecord(found=reply.found, active=reply.active)
 
 
-class NatsScheduling:
-    def __init__(self, client: UpstreamClient) -> None:
-        self._client = client
-
+class NatsScheduling(_NatsAdapter):
     async def encounter(self, tenant_id: str, encounter_id: str, *, token: str) -> EncounterRecord:
         reply = await self._client.ask(
             {"tenant_id": tenant_id, "encounter_id": encounter_id},
@@ -177,10 +180,7 @@ class NatsScheduling:
         return EncounterRecord(found=reply.found, patient_id=reply.patient_id)
 
 
-class NatsProviderDirectory:
-    def __init__(self, client: UpstreamClient) -> None:
-        self._client = client
-
+class NatsProviderDirectory(_NatsAdapter):
     async def practitioner(self, tenant_id: str, practitioner_id: str, *, token: str) -> PractitionerRecord:
         reply = await self._client.ask(
             {"tenant_id": tenant_id, "practitioner_id": practitioner_id},
@@ -192,10 +192,7 @@ class NatsProviderDirectory:
         return PractitionerRecord(found=reply.found, active=reply.active)
 
 
-class NatsTerminology:
-    def __init__(self, client: UpstreamClient) -> None:
-        self._client = client
-
+class NatsTerminology(_NatsAdapter):
     async def validate_code(self, system: str, code: str, display: str | None, *, token: str) -> CodeVerdict:
         reply = await self._client.ask(
             {"system": system, "code": code, "display": display},
@@ -233,3 +230,9 @@ def nats_upstream_services(
         terminology=NatsTerminology(client("terminology", subjects.terminology)),
         terminology_systems=terminology_systems,
     )
+
+
+def circuit_states(services: UpstreamServices) -> dict[str, CircuitState]:
+    """Each NATS-backed upstream service's breaker state, by service name (for `/metrics`)."""
+    adapters = (services.registration, services.scheduling, services.providers, services.terminology)
+    return {a.client.service: state_of(a.client.breaker) for a in adapters if isinstance(a, _NatsAdapter)}

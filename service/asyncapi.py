@@ -30,7 +30,7 @@ from handlers.nats_consumer import (
 )
 from handlers.pipeline import CommandProcessor
 from handlers.queries import QUERY_SUBJECT
-from handlers.registry import COMMANDS, CommandSpec
+from handlers.registry import COMMANDS, CommandSpec, VersionCheck
 from schemas.commands import COMMAND_SUBJECT_PREFIX, CommandEnvelope
 from schemas.events import CloudEvent, audit_subject, event_subject
 from schemas.replies import Reply
@@ -69,23 +69,22 @@ EVENTS: dict[str, str] = {
     "metrics.goal_achievement": "Scheduler, per tenant and period: goal counts by status (no resource).",
 }
 
-# CONTRACT §4's "version checked" column: whose version `expected_version` is compared with, and whether the
-# command needs one. None: the command takes no `expected_version`.
-VERSION_CHECKED: dict[str, tuple[str, bool] | None] = {
-    "careplan.create": None,
-    "careplan.update": ("plan", True),
-    "careplan.change_status": ("plan", True),
-    "careplan.request_review": ("plan", True),
-    "careplan.complete_review": ("plan", True),
-    "goal.add": ("plan", False),
-    "goal.update": ("goal", True),
-    "goal.change_status": ("goal", True),
-    "activity.add": ("plan", False),
-    "activity.assign": ("activity", True),
-    "activity.change_status": ("activity", True),
-    "careteam.add_member": ("care team", False),
-    "careteam.update_member": ("care team", True),
-    "careteam.remove_member": ("care team", True),
+# CONTRACT §4's "version checked" column, the part the registry does not hold: whose version
+# `expected_version` is compared with (whether one is needed is the registry's `CommandSpec.version`).
+VERSION_TARGET: dict[str, str] = {
+    "careplan.update": "plan",
+    "careplan.change_status": "plan",
+    "careplan.request_review": "plan",
+    "careplan.complete_review": "plan",
+    "goal.add": "plan",
+    "goal.update": "goal",
+    "goal.change_status": "goal",
+    "activity.add": "plan",
+    "activity.assign": "activity",
+    "activity.change_status": "activity",
+    "careteam.add_member": "care team",
+    "careteam.update_member": "care team",
+    "careteam.remove_member": "care team",
 }
 
 # CONTRACT §3: the codes a NATS caller can be answered with.
@@ -145,9 +144,8 @@ def build_documented_broker() -> NatsBroker:
     processor = CommandProcessor(
         verifier=_NotServing(), unit_of_work=_not_serving, clock=_not_serving, new_id=_not_serving
     )
-    command_consumer = register_command_consumer(broker, processor, DeliveryPolicy())
     # Its one channel `careplan.cmd.>` with an untyped body would duplicate the per-command channels below.
-    command_consumer.specification.config.include_in_schema = False
+    register_command_consumer(broker, processor, DeliveryPolicy(), include_in_schema=False)
     register_outcome_query(broker, _NotServing(), _no_outcome)
 
     for spec in COMMANDS.values():
@@ -241,12 +239,11 @@ def _document_command(broker: NatsBroker, spec: CommandSpec) -> None:
 
 
 def _command_description(spec: CommandSpec) -> str:
-    checked = VERSION_CHECKED[spec.name]
-    if checked is None:
+    if spec.version is VersionCheck.NONE:
         version = "Takes no `expected_version`."
     else:
-        whose, required = checked
-        need = "required" if required else "optional: omit it to skip the check"
+        whose = VERSION_TARGET[spec.name]
+        need = "required" if spec.version is VersionCheck.REQUIRED else "optional: omit it to skip the check"
         version = f"`expected_version` is checked against the {whose}'s ({need}); VERSION_CONFLICT 409."
     return (
         f"Command `{spec.name}` (CONTRACT §4). Needs permission `{spec.permission}`. {version} "

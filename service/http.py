@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -12,17 +13,19 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.errors import Unavailable
-from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.search import add_search_routes
 from handlers.openapi import OPENAPI_PATH, openapi_document
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
-from handlers.rest_api import add_command_routes
+from handlers.rest_api import CORRELATION_HEADER, add_command_routes
+from service.telemetry import ServiceMetrics
 from storage.reads import read_command_outcome
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("careplan.http")
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 _ENGINE = web.AppKey("ops_engine", AsyncEngine)
@@ -30,6 +33,9 @@ _VERIFIER = web.AppKey("ops_verifier", TokenVerifier)
 _READINESS: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
 RelayRole = Callable[[], str]
 _RELAY_ROLE: web.AppKey[RelayRole] = web.AppKey("relay_role")
+_METRICS = web.AppKey("metrics", ServiceMetrics)
+# Probes and scrapes come every few seconds from machines: logged at DEBUG, so INFO is people's traffic.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def create_http_app(
@@ -41,8 +47,11 @@ def create_http_app(
     public_base_url: str | None = None,
     relay_role: RelayRole = lambda: "off",
     processor: CommandProcessor | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_documents], client_max_size=1024 * 1024)
+    metrics = metrics or ServiceMetrics()
+    app = web.Application(middlewares=[_observed, _errors_as_documents], client_max_size=1024 * 1024)
+    app[_METRICS] = metrics
     app[_ENGINE] = engine
     app[_VERIFIER] = verifier
     app[_READINESS] = readiness
@@ -60,6 +69,7 @@ def create_http_app(
         app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_route)
     return app
 
 
@@ -105,6 +115,59 @@ async def readyz(request: web.Request) -> web.Response:
         {"status": "ready" if ready else "not ready", "checks": checks, "relay": request.app[_RELAY_ROLE]()},
         status=200 if ready else 503,
     )
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    body, content_type = await request.app[_METRICS].exposition(request.headers.get("Accept"))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+@web.middleware
+async def _observed(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One metric sample and one log line per request, by route template: never the path or query, which
+    carry patient ids and search terms."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[_METRICS]
+        metrics.http_requests.labels(route, request.method, str(status)).inc()
+        metrics.http_duration.labels(route, request.method).observe(elapsed)
+        request_log.log(
+            logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
+            "http %s %s %d",
+            request.method,
+            route,
+            status,
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "tenant_id": request.get(TENANT_KEY),
+                "correlation_id": _printable(request.headers.get(CORRELATION_HEADER)),
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+
+
+def _printable(value: str | None) -> str | None:
+    """A caller's header as it may go into a log line: printable ASCII, bounded."""
+    if value is None or not value.isascii() or not value.isprintable():
+        return None
+    return value[:200]
 
 
 @web.middleware

@@ -24,26 +24,36 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.nats_consumer import (
     COMMAND_CONSUMER,
     COMMAND_STREAM,
+    DLQ_STREAM,
     DeliveryPolicy,
+    Drain,
     mend_pull_timeouts,
     register_command_consumer,
     register_outcome_query,
 )
 from handlers.pipeline import CommandProcessor
 from handlers.ports import UpstreamServices
+from integrations.circuit_breaker import CircuitState
 from integrations.identity import JwksSource, JwtVerifier
-from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
+from integrations.upstream import UpstreamSettings, UpstreamSubjects, circuit_states, nats_upstream_services
 from service.http import create_http_app
 from service.scheduler import Scheduler, utc_now
 from service.settings import Settings
+from service.telemetry import CommandTelemetry, ServiceMetrics
 from service.topology import ensure_topology
 from storage.database import create_engine
-from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
+from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings, outbox_backlog
 from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.schedule_store import SqlScheduleStore
 from storage.unit_of_work import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
+
+
+REFRESH_NATS_TIMEOUT_S = 1.5
+# FastStream cancels handlers still running this long after our own drain deadline (which should have
+# handed them back already).
+FASTSTREAM_GRACE_MARGIN_S = 5.0
 
 
 class StartupRefused(RuntimeError):
@@ -60,7 +70,10 @@ class RunningService:
     relay: OutboxRelay
     http_runner: web.AppRunner
     http_port: int
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: ServiceMetrics
+    drain: Drain
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set first: readiness goes false
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)  # the relay and scheduler stop
     connection_lost: asyncio.Event = field(default_factory=asyncio.Event)  # a NATS connection closed for good
     relay_task: asyncio.Task[None] | None = None
     scheduler: Scheduler | None = None
@@ -71,13 +84,21 @@ class RunningService:
         return f"http://{self.settings.http_host}:{self.http_port}"
 
     async def stop(self) -> None:
-        """Drain: stop taking commands (in-flight ones finish), let the relay finish its batch, close."""
+        """Drain, as a supervisor expects on SIGTERM: readiness goes false first (and stays false for
+        `drain_delay_s`, so load balancers stop sending); then intake stops while commands and requests in
+        flight finish within `shutdown_grace_s` (a command still running then is handed back to the stream
+        for another replica); the relay publishes what they committed; connections close."""
+        self.stopping.set()
+        if self.settings.drain_delay_s:
+            await asyncio.sleep(self.settings.drain_delay_s)
+        # Commands get the grace period from now (then they are handed back), HTTP requests the same (the
+        # runner's shutdown_timeout); FastStream's own graceful_timeout is a little longer, never reached.
+        self.drain.begin(self.settings.shutdown_grace_s)
+        await asyncio.gather(self.broker.stop(), self.http_runner.cleanup())
         self.stop_event.set()
-        await self.broker.stop()
         for task in (self.relay_task, self.scheduler_task):
             if task is not None:
                 await task
-        await self.http_runner.cleanup()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.runtime_engine.dispose()
@@ -111,9 +132,11 @@ async def start_service(settings: Settings) -> RunningService:
     verifier = JwtVerifier(
         JwksSource(settings.jwks_url), issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
     )
-    stop_event, connection_lost = asyncio.Event(), asyncio.Event()
-    relay_events = _NatsEvents("relay", stop_event, connection_lost)
-    command_events = _NatsEvents("commands", stop_event, connection_lost)
+    stopping, connection_lost = asyncio.Event(), asyncio.Event()
+    relay_events = _NatsEvents("relay", stopping, connection_lost)
+    command_events = _NatsEvents("commands", stopping, connection_lost)
+    metrics = ServiceMetrics()
+    telemetry = CommandTelemetry(metrics)
     nc = await nats.connect(
         servers=settings.nats_servers(),
         name="careplan-relay",
@@ -125,13 +148,15 @@ async def start_service(settings: Settings) -> RunningService:
     )
     js = nc.jetstream()
     await ensure_topology(js, policy)
+    upstream = upstream_services(settings, nc)
     processor = CommandProcessor(
         verifier=verifier,
         unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
         clock=utc_now,
         new_id=uuid.uuid4,
         role_permissions=settings.role_table(),
-        upstream=upstream_services(settings, nc),
+        upstream=upstream,
+        observer=telemetry,
     )
 
     async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
@@ -139,6 +164,7 @@ async def start_service(settings: Settings) -> RunningService:
             await js.publish(subject, payload, headers=headers, timeout=5.0)
         except (MaxPayloadError, NoStreamResponseError) as exc:
             raise PermanentPublishError(str(exc)) from exc
+        metrics.events_published.inc()
 
     relay = OutboxRelay(system_engine, publish, RelaySettings(poll_interval_s=settings.relay_poll_interval_s))
 
@@ -146,7 +172,7 @@ async def start_service(settings: Settings) -> RunningService:
     # lines that matter (retries, dead letters) and cost I/O under load.
     broker = NatsBroker(
         settings.nats_servers(),
-        graceful_timeout=settings.ack_wait_s,
+        graceful_timeout=settings.shutdown_grace_s + FASTSTREAM_GRACE_MARGIN_S,
         max_reconnect_attempts=-1,
         logger=log,
         log_level=logging.DEBUG,
@@ -155,7 +181,8 @@ async def start_service(settings: Settings) -> RunningService:
         reconnected_cb=command_events.reconnected,
         closed_cb=command_events.closed,
     )
-    command_subscriber = register_command_consumer(broker, processor, policy)
+    drain = Drain()
+    command_subscriber = register_command_consumer(broker, processor, policy, telemetry, drain=drain)
     register_outcome_query(
         broker,
         verifier,
@@ -163,7 +190,15 @@ async def start_service(settings: Settings) -> RunningService:
     )
 
     async def readiness() -> dict[str, bool]:
-        checks = {"database": True, "nats": broker_connected(broker) and nc.is_connected, "consumer": True}
+        checks = {
+            "accepting": not stopping.is_set(),
+            "database": True,
+            "nats": broker_connected(broker) and nc.is_connected,
+            "consumer": True,
+        }
+        if stopping.is_set():  # draining: say so at once, without waiting on the dependencies
+            metrics.ready.set(0)
+            return checks
         try:
             await ping(runtime_engine)
         except Exception:
@@ -172,7 +207,41 @@ async def start_service(settings: Settings) -> RunningService:
             await js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=2.0)
         except Exception:
             checks["consumer"] = False
+        metrics.ready.set(1 if all(checks.values()) else 0)
         return checks
+
+    async def refresh_outbox() -> None:
+        backlog = await outbox_backlog(system_engine)
+        metrics.outbox_backlog.set(backlog.waiting)
+        metrics.outbox_parked.set(backlog.parked)
+        metrics.relay_lag.set(backlog.oldest_waiting_s)
+
+    async def refresh_consumer() -> None:
+        info = await js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=REFRESH_NATS_TIMEOUT_S)
+        metrics.consumer_pending.set(info.num_pending or 0)
+        metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+        metrics.consumer_redelivered.set(info.num_redelivered or 0)
+
+    async def refresh_dlq() -> None:
+        info = await js.stream_info(DLQ_STREAM)
+        metrics.dlq_messages.set(info.state.messages)
+
+    async def refresh_process() -> None:
+        metrics.relay_leader.set(1 if relay.is_leader else 0)
+        for service_name, state in (circuit_states(upstream) if upstream else {}).items():
+            metrics.upstream_circuit.labels(service_name).set(0 if state is CircuitState.CLOSED else 1)
+
+    async def refresh_readiness() -> None:
+        await readiness()  # sets careplan_ready
+
+    for source, refresh in (
+        ("readiness", refresh_readiness),
+        ("outbox", refresh_outbox),
+        ("consumer", refresh_consumer),
+        ("dlq", refresh_dlq),
+        ("process", refresh_process),
+    ):
+        metrics.on_scrape(source, refresh)
 
     app = create_http_app(
         runtime_engine,
@@ -182,8 +251,9 @@ async def start_service(settings: Settings) -> RunningService:
         public_base_url=settings.public_base_url,
         relay_role=lambda: "leader" if relay.is_leader else "standby",
         processor=processor,
+        metrics=metrics,
     )
-    http_runner = web.AppRunner(app, access_log=None)
+    http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await http_runner.setup()
     site = web.TCPSite(http_runner, settings.http_host, settings.http_port)
     await site.start()
@@ -200,7 +270,9 @@ async def start_service(settings: Settings) -> RunningService:
         relay,
         http_runner,
         port,
-        stop_event=stop_event,
+        metrics,
+        drain,
+        stopping=stopping,
         connection_lost=connection_lost,
     )
     service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")

@@ -83,8 +83,26 @@ class Settings(BaseSettings):
         default=None,
         description="secret that signs FHIR paging cursors; share it across replicas (default: per process)",
     )
-    log_level: str = Field(default="INFO", description="log level")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="log level: DEBUG, INFO (one line per command and request), WARNING …"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json (one object per line, for the log pipeline) or text (for people)"
+    )
+    shutdown_grace_s: float = Field(
+        default=25, gt=0, description="seconds SIGTERM gives in-flight commands and requests to finish"
+    )
+    drain_delay_s: float = Field(
+        default=0,
+        ge=0,
+        description="seconds /readyz answers 503 after SIGTERM before intake stops (load balancers notice)",
+    )
     dev_dir: str = Field(default=".careplan-dev", description="where `careplan dev` keeps its data")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("scheduler_timezone")
     @classmethod

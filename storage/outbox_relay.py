@@ -249,3 +249,30 @@ class OutboxRelay:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    waiting: int  # unpublished, not parked
+    parked: int
+    oldest_waiting_s: float  # 0 when nothing waits
+
+
+async def outbox_backlog(engine: AsyncEngine) -> OutboxBacklog:
+    """What the relay has yet to do, across tenants (the system role): from the partial index of
+    unpublished rows, so a scrape costs little however many rows were published."""
+    async with engine.connect() as conn:
+        waiting = (
+            await conn.execute(
+                text(
+                    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox "
+                    "WHERE published_at IS NULL AND parked_at IS NULL"
+                )
+            )
+        ).one()
+        parked = await conn.scalar(
+            text("SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NOT NULL")
+        )
+    return OutboxBacklog(
+        waiting=int(waiting[0]), parked=int(parked or 0), oldest_waiting_s=max(float(waiting[1]), 0.0)
+    )

@@ -147,6 +147,11 @@ outbox = Table(
         "id",
         postgresql_where=text("published_at IS NULL AND parked_at IS NULL"),
     ),
+    Index(
+        "ix_outbox_parked",
+        "id",
+        postgresql_where=text("published_at IS NULL AND parked_at IS NOT NULL"),
+    ),
 )
 
 # The search index (storage.search_index writes it, fhir_read's queries read it).

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -35,7 +35,6 @@ from tests.conftest import DatabaseUrls, database_urls
 
 CAREPLAN = Path(sys.executable).parent / "careplan"
 READY = "care-plan-service ready: HTTP "
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
@@ -48,6 +47,14 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float,
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.02)
+
+
+def json_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "time" in record else None
 
 
 def free_port() -> int:
@@ -86,20 +93,26 @@ class ServeProcess:
     async def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM, as an orchestrator stops a pod; returns the exit code."""
         self.proc.send_signal(signal.SIGTERM)
-        await until(lambda: self.proc.poll() is not None, timeout, f"serve {self.name} exits on SIGTERM")
+        return await self.exited(timeout)
+
+    async def exited(self, timeout: float = 60.0) -> int:
+        await until(lambda: self.proc.poll() is not None, timeout, f"serve {self.name} exits")
         return int(self.proc.returncode)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The service's JSON log records (lines that are not JSON, e.g. its start banner, left out)."""
+        return [record for line in self.log().splitlines() if (record := json_record(line)) is not None]
+
     def log_lines(self, fragment: str) -> list[tuple[datetime, str]]:
-        """Lines containing `fragment`, with the time the service logged them."""
-        found = []
-        for line in self.log().splitlines():
-            match = LOG_TIME.match(line)
-            if match and fragment in line:
-                found.append((datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f"), line))
-        return found
+        """Messages containing `fragment`, with the time the service logged them."""
+        return [
+            (datetime.fromisoformat(r["time"]), r["message"])
+            for r in self.log_records()
+            if fragment in r["message"]
+        ]
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as http, http.get(f"{self.http_url}/readyz") as response:

@@ -1,16 +1,20 @@
-"""Graceful stop with commands in flight (issue 5, scenario 7): on SIGTERM the commands being processed
-finish, commit, reply and are acknowledged within the grace period; the ones not yet started stay in the
-stream for the next process, which applies each once."""
+"""Graceful stop with commands in flight (issue 5, scenario 7; issue 9): on SIGTERM readiness goes false
+first; the commands being processed finish, commit, reply and are acknowledged within the grace period;
+the ones not yet started stay in the stream for the next process, which applies each once. When the grace
+period is too short for them, they are handed back at once and the next process applies each once."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 
+import aiohttp
 from sqlalchemy import text
 
 from service.dev_identity import DevKeys
 from storage.database import create_engine
-from tests.faults.lab import Lab, until
+from tests.faults.lab import Lab, ServeProcess, until
 from tests.faults.load import PLAN, CommandLoad, assert_each_command_applied_once, assert_events_once_in_order
 
 TENANT = "t-stop"
@@ -33,15 +37,39 @@ SLOW_WRITES = (
 )
 
 
-async def test_sigterm_lets_commands_in_flight_finish_and_leaves_the_rest_queued(
-    lab: Lab, keys: DevKeys
-) -> None:
+async def _slow_down_writes(lab: Lab) -> None:
     engine = create_engine(lab.database.admin, pool_size=1)
     async with engine.begin() as conn:
         for statement in SLOW_WRITES:
             await conn.execute(text(statement))
     await engine.dispose()
-    first = lab.serve("first", workers=WORKERS, ack_wait_s=GRACE_S)
+
+
+async def _all_workers_busy(lab: Lab) -> None:
+    async def busy() -> bool:
+        sleeping = await lab.scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+        return bool(sleeping == WORKERS)
+
+    await until(busy, 30, f"{WORKERS} commands in flight")
+
+
+async def _readiness_after_sigterm(process: ServeProcess) -> int | None:
+    """SIGTERM, then the first answer of /readyz (None if the listener was already gone)."""
+    process.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.1)
+    try:
+        return (await process.readiness())[0]
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def test_sigterm_lets_commands_in_flight_finish_and_leaves_the_rest_queued(
+    lab: Lab, keys: DevKeys
+) -> None:
+    await _slow_down_writes(lab)
+    first = lab.serve(
+        "first", workers=WORKERS, ack_wait_s=GRACE_S, shutdown_grace_s=GRACE_S, drain_delay_s=0.5
+    )
     await first.ready()
     nc = await lab.connect()
     try:
@@ -51,15 +79,12 @@ async def test_sigterm_lets_commands_in_flight_finish_and_leaves_the_rest_queued
             await load.send("careplan.create", PLAN)
 
         # Given WORKERS commands inside their transactions
-        async def all_workers_busy() -> bool:
-            sleeping = await lab.scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-            return bool(sleeping == WORKERS)
+        await _all_workers_busy(lab)
 
-        await until(all_workers_busy, 30, f"{WORKERS} commands in flight")
-
-        # When the process is asked to stop
+        # When the process is asked to stop, readiness goes false first
         asked_at = time.monotonic()
-        code = await first.terminate(timeout=GRACE_S + 15)
+        assert await _readiness_after_sigterm(first) == 503
+        code = await first.exited(timeout=GRACE_S + 15)
         stop_s = time.monotonic() - asked_at
 
         # Then it exits cleanly within the grace period, having answered and acknowledged what it started
@@ -81,5 +106,58 @@ async def test_sigterm_lets_commands_in_flight_finish_and_leaves_the_rest_queued
         await assert_each_command_applied_once(lab, load)
         await assert_events_once_in_order(lab, load, nc)
         print(f"graceful stop: {len(finished)} in flight finished, stopped in {stop_s:.1f}s")
+    finally:
+        await nc.close()
+
+    # Its log was JSON throughout, one line per answered command, with the command's ids.
+    answered = [r for r in first.log_records() if r["logger"] == "careplan.commands"]
+    assert {r["command_id"] for r in answered} == set(finished)
+    assert all(r["tenant_id"] == TENANT and r["outcome"] == "ok" for r in answered)
+
+
+async def test_commands_still_running_when_the_grace_period_ends_are_handed_back(
+    lab: Lab, keys: DevKeys
+) -> None:
+    await _slow_down_writes(lab)
+    grace_s = SLOW_COMMIT_S / 4
+    first = lab.serve("first", workers=WORKERS, ack_wait_s=GRACE_S, shutdown_grace_s=grace_s)
+    await first.ready()
+    nc = await lab.connect()
+    try:
+        load = CommandLoad(nc, keys.mint(tenant_id=TENANT, roles=["clinician"]))
+        await load.start()
+        for _ in range(2 * WORKERS):
+            await load.send("careplan.create", PLAN)
+        await _all_workers_busy(lab)
+
+        # When SIGTERM gives the commands in flight less time than they need
+        asked_at = time.monotonic()
+        code = await first.terminate(timeout=GRACE_S)
+        stop_s = time.monotonic() - asked_at
+
+        # Then the process still exits cleanly, soon after the grace period, having committed only what
+        # it answered, and said which commands it handed back
+        assert code == 0, first.log()[-3000:]
+        assert stop_s < SLOW_COMMIT_S, stop_s
+        finished = [c for c in load.sent if load.replies.get(c)]
+        assert await lab.scalar("SELECT count(*) FROM care_plans") == len(finished)
+        handed_back = first.log_lines("shutdown grace period ended: handed back")
+        assert len(handed_back) == WORKERS, first.log()[-3000:]
+
+        # And the next process applies every one of them once, the handed-back ones too, long before
+        # their ack wait would have let it (the nak makes them due at once)
+        second = lab.serve("second", workers=WORKERS, ack_wait_s=GRACE_S)
+        await second.ready()
+        started_at = time.monotonic()
+        await load.answered(timeout=GRACE_S)
+        answered_s = time.monotonic() - started_at
+        assert answered_s < GRACE_S / 2, answered_s
+        assert all(len(replies) == 1 for replies in load.replies.values()), load.replies
+        await assert_each_command_applied_once(lab, load)
+        await assert_events_once_in_order(lab, load, nc)
+        print(
+            f"grace {grace_s}s exceeded: stopped in {stop_s:.1f}s, {len(handed_back)} handed back, "
+            f"all {len(load.sent)} applied once by the next process within {answered_s:.1f}s"
+        )
     finally:
         await nc.close()

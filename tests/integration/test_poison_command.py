@@ -29,6 +29,7 @@ from service.runner import RunningService
 from storage.tables import TENANT_TABLES
 from tests.conftest import TokenFactory
 from tests.integration.helpers import CARE_PLAN, count_rows
+from tests.integration.scrape import moved, scrape, value
 
 SLOTS = 8  # deliveries whose time the trigger records: more than max_deliver, so an extra one would show
 CLOCK_SLACK_S = 0.05  # Postgres and nats-server read the same host clock; this only absorbs rounding
@@ -110,6 +111,7 @@ async def test_a_poison_command_is_delivered_max_deliver_times_with_back_off_the
             text(f"CREATE TRIGGER {fault} BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION {fault}()")
         )
     dlq_start = (await nc.jetstream().stream_info(DLQ_STREAM)).state.last_seq
+    metrics_before = await scrape(service)
     others = [f"{tenant}o{i}" for i in range(OTHER_TENANTS)]
     body = envelope(CARE_PLAN)
     other_replies: list[dict[str, Any]] = []
@@ -181,6 +183,28 @@ async def test_a_poison_command_is_delivered_max_deliver_times_with_back_off_the
     assert all(r["ok"] is True for r in other_replies), other_replies
     for other in others:
         assert await count_rows(admin_engine, "care_plans", other) == len(other_replies) // OTHER_TENANTS
+
+    # And the metrics counted it: each delivery, the redeliveries, the dead letter and the DLQ's depth.
+    metrics = await scrape(service)
+    create = {"command": "careplan.create"}
+    assert moved(metrics_before, metrics, "careplan_command_redeliveries_total", **create) == attempts - 1
+    assert moved(metrics_before, metrics, "careplan_command_dead_letters_total", **create) == 1
+    assert (
+        moved(
+            metrics_before,
+            metrics,
+            "careplan_commands_total",
+            **create,
+            transport="nats",
+            outcome="unavailable",
+        )
+        == attempts
+    )
+    assert moved(
+        metrics_before, metrics, "careplan_commands_total", **create, transport="nats", outcome="ok"
+    ) == len(other_replies)
+    dlq_depth = (await nc.jetstream().stream_info(DLQ_STREAM)).state.messages
+    assert value(metrics, "careplan_dlq_messages") == dlq_depth
 
     # Nothing of the poison was written, not even its outcome.
     for table in TENANT_TABLES:

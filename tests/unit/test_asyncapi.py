@@ -16,12 +16,12 @@ from domain import care_plan
 from handlers import scheduler
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, COMMAND_SUBJECTS
 from handlers.queries import QUERY_SUBJECT
-from handlers.registry import COMMANDS
+from handlers.registry import COMMANDS, VersionCheck
 from service.asyncapi import (
     DOCUMENT_PATH,
     EVENTS,
     REGENERATE_COMMAND,
-    VERSION_CHECKED,
+    VERSION_TARGET,
     build_asyncapi,
     build_documented_broker,
     command_channel,
@@ -71,8 +71,16 @@ def test_every_command_has_a_channel_whose_payload_requires_its_data_fields(docu
         assert {"Nats-Msg-Id", "Authorization"} <= set(message["headers"]["required"]), name
 
 
-def test_every_command_says_which_version_it_checks() -> None:
-    assert VERSION_CHECKED.keys() == COMMANDS.keys()
+def test_every_versioned_command_says_whose_version_it_checks(document: dict[str, Any]) -> None:
+    versioned = {name for name, spec in COMMANDS.items() if spec.version is not VersionCheck.NONE}
+    assert VERSION_TARGET.keys() == versioned
+    update = document["channels"]["careplan.cmd.careplan.update"]["description"]
+    add_goal = document["channels"]["careplan.cmd.goal.add"]["description"]
+    assert "checked against the plan's (required)" in update
+    assert "checked against the plan's (optional" in add_goal
+    assert (
+        "Takes no `expected_version`" in document["channels"]["careplan.cmd.careplan.create"]["description"]
+    )
 
 
 def test_every_event_the_domain_can_emit_has_a_channel(document: dict[str, Any]) -> None:
