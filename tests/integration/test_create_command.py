@@ -198,7 +198,12 @@ async def test_health_and_readiness(service: RunningService) -> None:
             assert response.status == 200
         async with http.get(f"{service.http_url}/readyz") as response:
             assert response.status == 200
-            assert (await response.json())["checks"] == {"database": True, "nats": True, "consumer": True}
+            assert (await response.json())["checks"] == {
+                "accepting": True,
+                "database": True,
+                "nats": True,
+                "consumer": True,
+            }
 
 
 async def test_outcome_can_be_asked_for_later_over_nats(
