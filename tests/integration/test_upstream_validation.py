@@ -25,7 +25,9 @@ from service.runner import RunningService, start_service
 from service.settings import Settings
 from storage.database import create_engine
 from tests.conftest import DatabaseUrls, TokenFactory, migrated_database
+from tests.integration.commands import RestCaller
 from tests.integration.helpers import count_rows, last_event
+from tests.integration.scrape import moved, scrape, value
 from tests.upstream_responders import UpstreamResponders, start_responders
 
 SNOMED = "http://snomed.info/sct"
@@ -389,3 +391,58 @@ async def test_an_answered_command_is_answered_again_while_the_services_are_away
         checked_nc, "careplan.create", body, token=token_for(tenant), message_id=str(uuid.uuid4()), timeout=5
     )
     assert again == first
+
+
+# --- the same checks over the REST write API (CONTRACT §9) ---
+
+
+async def test_over_http_an_unknown_patient_is_the_same_422_as_a_problem(
+    checked_service: RunningService,
+    checked_nc: NatsClient,
+    checked_admin: AsyncEngine,
+    world: Any,
+    tenant: str,
+    token_for: TokenFactory,
+) -> None:
+    rest = RestCaller(checked_nc, checked_service.http_url, token_for(tenant))
+    reply = await rest.send("careplan.create", {"patient_id": "p-nobody", "title": "Diabetes"})
+    assert (reply["status"], reply["error"]["code"]) == (422, "PATIENT_NOT_FOUND")
+    assert reply["error"]["details"]["errors"][0]["path"] == "data.patient_id"
+    assert await count_rows(checked_admin, "care_plans", tenant) == 0
+    assert (await rest.send("careplan.create", {"patient_id": "p1", "title": "Diabetes"}))["status"] == 201
+
+
+async def test_over_http_a_silent_service_is_503_with_retry_after_and_the_same_key_succeeds_later(
+    checked_service: RunningService,
+    checked_nc: NatsClient,
+    checked_admin: AsyncEngine,
+    upstream: UpstreamResponders,
+    world: Any,
+    tenant: str,
+    token_for: TokenFactory,
+) -> None:
+    rest = RestCaller(checked_nc, checked_service.http_url, token_for(tenant))
+    data = {"patient_id": "p1", "title": "x", "author_id": "dr-a"}
+    key = str(uuid.uuid4())
+    before = await scrape(checked_service)
+    # Given the provider directory silent past the timeout, until its circuit opens
+    upstream.providers.delay_s = 2.0
+    for _ in range(checked_service.settings.upstream_breaker_failures):
+        status, headers, body = await rest.request("careplan.create", data, idempotency_key=key)
+        # Then each try is a 503 telling when to retry, with nothing recorded
+        assert (status, body["code"], headers["Retry-After"]) == (503, "UPSTREAM_UNAVAILABLE", "1")
+        assert body["command_id"] == key
+    assert await count_rows(checked_admin, "command_log", tenant) == 0
+    during = await scrape(checked_service)
+    assert value(during, "careplan_upstream_circuit_open", service="providers") == 1
+    outcome = {"command": "careplan.create", "transport": "http", "outcome": "unavailable"}
+    tries = checked_service.settings.upstream_breaker_failures
+    assert moved(before, during, "careplan_commands_total", **outcome) == tries
+    # When the service answers again, the same request with the same key is applied, once
+    upstream.providers.delay_s = 0
+    await asyncio.sleep(checked_service.settings.upstream_breaker_reset_s)
+    answered = await rest.send("careplan.create", data, idempotency_key=key)
+    assert answered["status"] == 201, answered
+    assert await count_rows(checked_admin, "care_plans", tenant) == 1
+    after = await scrape(checked_service)
+    assert value(after, "careplan_upstream_circuit_open", service="providers") == 0
