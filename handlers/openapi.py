@@ -49,7 +49,8 @@ def openapi_document(version: str) -> dict[str, Any]:
             "description": (
                 "The commands of CONTRACT §4 over HTTP (§9): same JWT, same rules, same outcomes as "
                 "`careplan.cmd.<command>` over NATS. `Idempotency-Key` is the command id: resend the same "
-                "request with the same key and get the same answer, changing nothing."
+                "request with the same key and get the same answer, changing nothing. Besides what the "
+                "schemas say, no string may hold a NUL character (422)."
             ),
         },
         "servers": [{"url": "/"}],
@@ -153,6 +154,9 @@ def _responses(route: RestRoute) -> dict[str, Any]:
                 },
             },
         }
+        links = _links_from(route.command)
+        if links:
+            responses["201"]["links"] = links
     codes = {HTTP_STATUS[code] for code in ErrorCode if code is not ErrorCode.PRECONDITION_REQUIRED}
     if COMMANDS[route.command].version is VersionCheck.REQUIRED:
         codes.add(428)

@@ -6,7 +6,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.common import (
     CodeableConceptIn,
@@ -19,6 +19,7 @@ from schemas.common import (
     RatioIn,
     ShortText,
     WireModel,
+    not_null_schema,
 )
 
 MAX_BODY_BYTES = 256 * 1024
@@ -170,6 +171,8 @@ class CarePlanCompleteReview(WireModel):
 class TargetDetailIn(WireModel):
     """Exactly one of the R4 `target.detail[x]` choices."""
 
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
     quantity: QuantityIn | None = None
     range: RangeIn | None = None
     coded: CodeableConceptIn | None = None
@@ -186,6 +189,10 @@ class TargetDetailIn(WireModel):
 
 
 class GoalTargetIn(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={"if": not_null_schema("detail"), "then": not_null_schema("measure")}
+    )
+
     measure: CodeableConceptIn | None = None
     detail: TargetDetailIn | None = None
     due_date: date | None = None

@@ -16,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 # Ids are opaque to us but must be safe as FHIR ids: [A-Za-z0-9-.]{1,64}.
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -77,7 +78,17 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+def not_null_schema(field: str) -> JsonDict:
+    """JSON Schema: `field` is present and not null (for rules a model validator enforces)."""
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+
+
 class CodingIn(WireModel):
+    # The rules of the validators below, also in the JSON Schema that OpenAPI and AsyncAPI publish.
+    model_config = ConfigDict(
+        json_schema_extra={"if": not_null_schema("code"), "then": not_null_schema("system")}
+    )
+
     system: Uri | None = None
     code: Code | None = None
     display: ShortText | None = None
@@ -90,6 +101,15 @@ class CodingIn(WireModel):
 
 
 class CodeableConceptIn(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["coding"], "properties": {"coding": {"minItems": 1}}},
+                not_null_schema("text"),
+            ]
+        }
+    )
+
     coding: list[CodingIn] = Field(default_factory=list, max_length=20)
     text: ShortText | None = None
 

@@ -76,7 +76,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
-    configure_logging(settings.log_level, settings.log_format)
+    # `careplan dev` is for a person at a terminal: plain text unless asked otherwise; the rest log JSON.
+    people = args.command in ("dev", "token", "send") and "log_format" not in settings.model_fields_set
+    configure_logging(settings.log_level, "text" if people else settings.log_format)
     try:
         match args.command:
             case "migrate":

@@ -39,6 +39,12 @@ async def test_openapi_document_lists_every_route_of_the_contract(service: Runni
     create = document["paths"]["/api/v1/care-plans"]["post"]
     assert set(create["responses"]) >= {"201", "401", "403", "413", "422", "503"}
     assert "Location" in create["responses"]["201"]["headers"]
+    # what a client does next, from the created plan's id and ETag (schemathesis follows these too)
+    link = create["responses"]["201"]["links"]["careplan_change_status"]
+    assert link == {
+        "operationId": "careplan_change_status",
+        "parameters": {"care_plan_id": "$response.body#/id", "header.If-Match": "$response.header.ETag"},
+    }
     update_status = document["paths"]["/api/v1/care-plans/{care_plan_id}/status"]["post"]
     if_match = next(p for p in update_status["parameters"] if p["name"] == "If-Match")
     assert if_match["required"] is True
