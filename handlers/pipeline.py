@@ -291,8 +291,8 @@ async def authenticate(verifier: TokenVerifier, token: str) -> Principal:
         raise Rejection(ErrorCode.UNAUTHENTICATED, str(exc)) from exc
 
 
-def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
-    """The envelope and its canonical bytes (sorted keys), which the idempotency check compares."""
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A body that must be one JSON object (a command envelope, a REST request), or VALIDATION_ERROR."""
     try:
         raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -307,6 +307,12 @@ def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
             "body must be a JSON object",
             {"errors": [{"path": "", "message": "expected an object"}]},
         )
+    return raw
+
+
+def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
+    """The envelope and its canonical bytes (sorted keys), which the idempotency check compares."""
+    raw = parse_json_object(body)
     _reject_unstorable(raw)
     envelope = _validate(CommandEnvelope, raw, prefix=())
     return envelope, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)

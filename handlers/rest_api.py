@@ -17,7 +17,7 @@ from aiohttp import web
 from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY
 from handlers.errors import ErrorCode, Rejection
-from handlers.pipeline import CommandProcessor, IncomingCommand
+from handlers.pipeline import CommandProcessor, IncomingCommand, parse_json_object
 from handlers.registry import COMMANDS, VersionCheck
 from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES
 from schemas.replies import Reply
@@ -188,21 +188,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise too_large from None
     if len(raw) > MAX_BODY_BYTES:
         raise too_large
-    try:
-        body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Rejection(
-            ErrorCode.VALIDATION_ERROR,
-            "body is not valid JSON",
-            {"errors": [{"path": "", "message": str(exc)}]},
-        ) from exc
-    if not isinstance(body, dict):
-        raise Rejection(
-            ErrorCode.VALIDATION_ERROR,
-            "body must be a JSON object",
-            {"errors": [{"path": "", "message": "expected an object"}]},
-        )
-    return body
+    return parse_json_object(raw)
 
 
 def correlation_id(headers: Mapping[str, str]) -> str | None:
