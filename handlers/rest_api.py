@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -238,7 +239,7 @@ def problem_response(rejection: Rejection, command_id: str | None) -> web.Respon
     """RFC 9457 problem details carrying the reply's code, details and command id (CONTRACT §9)."""
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": _TITLES.get(rejection.status, "Error"),
+        "title": HTTPStatus(rejection.status).phrase,
         "status": rejection.status,
         "detail": rejection.message,
         "code": rejection.code.value,
@@ -258,16 +259,3 @@ def _header_error(header: str, message: str) -> Rejection:
         f"{header} {message}",
         {"errors": [{"path": f"headers.{header}", "message": message}]},
     )
-
-
-_TITLES = {
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    409: "Conflict",
-    413: "Content Too Large",
-    422: "Unprocessable Content",
-    428: "Precondition Required",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}

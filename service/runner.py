@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.nats_consumer import (
     COMMAND_CONSUMER,
     COMMAND_STREAM,
-    DLQ_STREAM,
     DeliveryPolicy,
     Drain,
     mend_pull_timeouts,
@@ -33,16 +32,16 @@ from handlers.nats_consumer import (
 )
 from handlers.pipeline import CommandProcessor
 from handlers.ports import UpstreamServices
-from integrations.circuit_breaker import CircuitState
 from integrations.identity import JwksSource, JwtVerifier
-from integrations.upstream import UpstreamSettings, UpstreamSubjects, circuit_states, nats_upstream_services
+from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
 from service.http import create_http_app
 from service.scheduler import Scheduler, utc_now
+from service.scrape_gauges import watch_at_scrape
 from service.settings import Settings
 from service.telemetry import CommandTelemetry, ServiceMetrics
 from service.topology import ensure_topology
 from storage.database import create_engine
-from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings, outbox_backlog
+from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
 from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.schedule_store import SqlScheduleStore
 from storage.unit_of_work import SqlUnitOfWork
@@ -50,7 +49,6 @@ from storage.unit_of_work import SqlUnitOfWork
 log = logging.getLogger(__name__)
 
 
-REFRESH_NATS_TIMEOUT_S = 1.5
 # FastStream cancels handlers still running this long after our own drain deadline (which should have
 # handed them back already).
 FASTSTREAM_GRACE_MARGIN_S = 5.0
@@ -210,38 +208,11 @@ async def start_service(settings: Settings) -> RunningService:
         metrics.ready.set(1 if all(checks.values()) else 0)
         return checks
 
-    async def refresh_outbox() -> None:
-        backlog = await outbox_backlog(system_engine)
-        metrics.outbox_backlog.set(backlog.waiting)
-        metrics.outbox_parked.set(backlog.parked)
-        metrics.relay_lag.set(backlog.oldest_waiting_s)
-
-    async def refresh_consumer() -> None:
-        info = await js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=REFRESH_NATS_TIMEOUT_S)
-        metrics.consumer_pending.set(info.num_pending or 0)
-        metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
-        metrics.consumer_redelivered.set(info.num_redelivered or 0)
-
-    async def refresh_dlq() -> None:
-        info = await js.stream_info(DLQ_STREAM)
-        metrics.dlq_messages.set(info.state.messages)
-
-    async def refresh_process() -> None:
-        metrics.relay_leader.set(1 if relay.is_leader else 0)
-        for service_name, state in (circuit_states(upstream) if upstream else {}).items():
-            metrics.upstream_circuit.labels(service_name).set(0 if state is CircuitState.CLOSED else 1)
-
     async def refresh_readiness() -> None:
         await readiness()  # sets careplan_ready
 
-    for source, refresh in (
-        ("readiness", refresh_readiness),
-        ("outbox", refresh_outbox),
-        ("consumer", refresh_consumer),
-        ("dlq", refresh_dlq),
-        ("process", refresh_process),
-    ):
-        metrics.on_scrape(source, refresh)
+    metrics.on_scrape("readiness", refresh_readiness)
+    watch_at_scrape(metrics, js=js, system_engine=system_engine, relay=relay, upstream=upstream)
 
     app = create_http_app(
         runtime_engine,
