@@ -19,6 +19,7 @@ from handlers.rest_api import (
     ROUTES,
     RestRoute,
 )
+from schemas.commands import CONTRACT_VERSION
 from schemas.common import FhirId
 from schemas.replies import ResultBody
 
@@ -28,7 +29,7 @@ _REF = "#/components/schemas/{model}"
 _CREATING = {"careplan.create", "goal.add", "activity.add", "careteam.add_member"}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (spec.data_model, "validation") for spec in COMMANDS.values()
     ]
@@ -45,7 +46,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "care-plan-service REST write API",
-            "version": version,
+            "version": CONTRACT_VERSION,
             "description": (
                 "The commands of CONTRACT §4 over HTTP (§9): same JWT, same rules, same outcomes as "
                 "`careplan.cmd.<command>` over NATS. `Idempotency-Key` is the command id: resend the same "

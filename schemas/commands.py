@@ -39,6 +39,10 @@ def _notes_as_objects(notes: object) -> object:
 Notes = Annotated[list[NoteIn], BeforeValidator(_notes_as_objects)]
 
 
+# The wire contract's version (CONTRACT.md v1): the `info.version` of the OpenAPI and AsyncAPI documents.
+CONTRACT_VERSION = "1"
+
+
 class CommandEnvelope(WireModel):
     """The body of every command message. `data` is validated per command, once the command is known."""
 

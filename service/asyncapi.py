@@ -1,15 +1,13 @@
 """The AsyncAPI 3.0 document of our NATS surface (CONTRACT §2-§5), generated from the FastStream app: the
 subscribers the service really registers, plus documentation-only entries for what a wildcard subscriber and
 an outbox cannot say (one channel per command, the replies, events, audit and dead letters). Kept in the
-repository as `docs/asyncapi.json`; regenerate it with `python -m service.asyncapi`."""
+repository as `docs/asyncapi.json`; regenerate it with `python -m service.api_documents`."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,15 +29,14 @@ from handlers.nats_consumer import (
 from handlers.pipeline import CommandProcessor
 from handlers.queries import QUERY_SUBJECT
 from handlers.registry import COMMANDS, CommandSpec, VersionCheck
-from schemas.commands import COMMAND_SUBJECT_PREFIX, CommandEnvelope
+from schemas.commands import COMMAND_SUBJECT_PREFIX, CONTRACT_VERSION, CommandEnvelope
 from schemas.events import CloudEvent, audit_subject, event_subject
 from schemas.replies import Reply
 from service.topology import EVENT_STREAM
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
-REGENERATE_COMMAND = "python -m service.asyncapi"
+REGENERATE_COMMAND = "python -m service.api_documents"
 # The wire contract's version (CONTRACT.md, "v1"), not the package's: the document changes when the wire does.
-CONTRACT_VERSION = "1"
 
 REPLY_CHANNEL = "careplan.reply"
 AUDIT_CHANNEL = "careplan.audit.provenance"
@@ -212,16 +209,6 @@ def render_asyncapi() -> str:
     return json.dumps(build_asyncapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=REGENERATE_COMMAND, description="Write the AsyncAPI document.")
-    parser.add_argument("--output", type=Path, default=DOCUMENT_PATH, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_asyncapi(), encoding="utf-8")
-    print(f"wrote {output}")
-
-
 def _document_command(broker: NatsBroker, spec: CommandSpec) -> None:
     envelope = command_envelope_model(spec)
 
@@ -360,7 +347,3 @@ def _not_serving(*_: object) -> NoReturn:
 
 async def _no_outcome(tenant_id: str, command_id: uuid.UUID) -> dict[str, Any] | None:
     raise RuntimeError(_NOT_SERVING)
-
-
-if __name__ == "__main__":
-    main()

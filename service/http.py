@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 import uuid
@@ -61,7 +60,7 @@ def create_http_app(
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if processor is not None:
         add_command_routes(app, processor, fhir_base=public_base_url)
-        document = orjson.dumps(openapi_document(_service_version()))
+        document = orjson.dumps(openapi_document())
 
         async def openapi(_: web.Request) -> web.Response:
             return web.Response(body=document, content_type="application/json")
@@ -71,13 +70,6 @@ def create_http_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
     return app
-
-
-def _service_version() -> str:
-    try:
-        return importlib.metadata.version("care-plan-service")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def problem(status: int, title: str, *, code: str, detail: str | None = None) -> web.Response:

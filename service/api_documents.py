@@ -1,0 +1,44 @@
+"""`python -m service.api_documents`: writes the documents other teams build against, from the app itself:
+`docs/asyncapi.json` (commands, replies, events) and `docs/openapi.json` (the REST write API, also served at
+/api/v1/openapi.json). Unit tests fail when either is stale."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from handlers.openapi import openapi_document
+from service.asyncapi import DOCUMENT_PATH as ASYNCAPI_PATH
+from service.asyncapi import REGENERATE_COMMAND, render_asyncapi
+
+DOCS = ASYNCAPI_PATH.parent
+OPENAPI_PATH = DOCS / "openapi.json"
+__all__ = ["OPENAPI_PATH", "REGENERATE_COMMAND", "main", "render_openapi"]
+
+
+def render(document: dict[str, Any]) -> str:
+    """Stable text: sorted keys, two-space indent, one trailing newline."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_openapi() -> str:
+    return render(openapi_document())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=REGENERATE_COMMAND, description=__doc__)
+    parser.add_argument(
+        "--docs", type=Path, default=DOCS, help="directory to write to (default: %(default)s)"
+    )
+    docs: Path = parser.parse_args(argv).docs
+    docs.mkdir(parents=True, exist_ok=True)
+    for name, text in (("asyncapi.json", render_asyncapi()), ("openapi.json", render_openapi())):
+        (docs / name).write_text(text, encoding="utf-8")
+        print(f"wrote {docs / name}")
+
+
+if __name__ == "__main__":
+    main()
