@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from service.logs import configure_logging
 from service.settings import Settings
@@ -75,7 +76,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        # One line per bad setting, named as the operator wrote it, instead of a traceback.
+        for error in exc.errors(include_url=False, include_input=False):
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            flag = "--" + field.replace("_", "-")
+            print(
+                f"careplan: invalid configuration: CAREPLAN_{field.upper()} ({flag}): {error['msg']}",
+                file=sys.stderr,
+            )
+        return 2
     # `careplan dev` is for a person at a terminal: plain text unless asked otherwise; the rest log JSON.
     people = args.command in ("dev", "token", "send") and "log_format" not in settings.model_fields_set
     configure_logging(settings.log_level, "text" if people else settings.log_format)

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from domain.access import DEFAULT_ROLE_PERMISSIONS
-from service.cli import build_parser, settings_from
+from service.cli import build_parser, main, settings_from
 from service.settings import Settings
 
 
@@ -33,3 +33,31 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CAREPLAN_HTTP_PORT", "9000")
     assert settings_from(build_parser().parse_args(["--http-port", "9100", "dev"])).http_port == 9100
     assert settings_from(build_parser().parse_args(["dev"])).http_port == 9000
+
+
+def test_log_level_is_checked_and_case_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREPLAN_LOG_LEVEL", "warning")
+    assert Settings().log_level == "WARNING"
+    monkeypatch.setenv("CAREPLAN_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings()
+
+
+def test_shutdown_settings_are_positive_and_default_to_a_supervisors_grace() -> None:
+    settings = Settings()
+    assert (settings.shutdown_grace_s, settings.drain_delay_s) == (25, 0)
+    with pytest.raises(ValidationError, match="shutdown_grace_s"):
+        Settings(shutdown_grace_s=0)
+    with pytest.raises(ValidationError, match="drain_delay_s"):
+        Settings(drain_delay_s=-1)
+
+
+def test_a_bad_setting_is_one_line_naming_it_and_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CAREPLAN_LOG_LEVEL", "LOUD")
+    assert main(["serve"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "careplan: invalid configuration: CAREPLAN_LOG_LEVEL (--log-level): Input should be 'DEBUG'"
+    )
