@@ -10,6 +10,7 @@ import signal
 import time
 
 import aiohttp
+import orjson
 from sqlalchemy import text
 
 from service.dev_identity import DevKeys
@@ -161,3 +162,37 @@ async def test_commands_still_running_when_the_grace_period_ends_are_handed_back
         )
     finally:
         await nc.close()
+
+
+async def test_sigterm_lets_rest_commands_in_flight_finish_with_their_answers(
+    lab: Lab, keys: DevKeys
+) -> None:
+    await _slow_down_writes(lab)
+    first = lab.serve("first", workers=WORKERS, shutdown_grace_s=GRACE_S)
+    await first.ready()
+    token = keys.mint(tenant_id=TENANT, roles=["clinician"])
+
+    async def create(http: aiohttp.ClientSession) -> int:
+        async with http.post(
+            f"{first.http_url}/api/v1/care-plans",
+            data=orjson.dumps(PLAN),
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            return response.status
+
+    async with aiohttp.ClientSession() as http:
+        # Given REST commands inside their transactions
+        requests = [asyncio.create_task(create(http)) for _ in range(WORKERS)]
+        await _all_workers_busy(lab)
+        # When the process is asked to stop
+        asked_at = time.monotonic()
+        code = await first.terminate(timeout=GRACE_S + 15)
+        stop_s = time.monotonic() - asked_at
+        statuses = await asyncio.gather(*requests)
+
+    # Then each caller got its 201, each plan was committed once, and the process exited cleanly
+    assert statuses == [201] * WORKERS
+    assert code == 0, first.log()[-3000:]
+    assert stop_s < GRACE_S, stop_s
+    assert await lab.scalar("SELECT count(*) FROM care_plans") == WORKERS
+    print(f"graceful stop over HTTP: {WORKERS} requests in flight answered 201, stopped in {stop_s:.1f}s")
