@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from domain.access import DEFAULT_ROLE_PERMISSIONS, Principal, authorize_write
-from domain.errors import DomainError
+from domain.errors import DomainError, Unavailable
 from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
@@ -103,8 +103,12 @@ class CommandProcessor:
         seen = _Seen(command_id=incoming.message_id)
         try:
             reply = await self._process(incoming, seen)
-        except Exception:
-            self._observe(incoming, seen, started, outcome="unavailable", status=503)
+        except Exception as exc:
+            # No outcome: the transport retries (NATS) or answers 503/500 (HTTP).
+            outcome = "unavailable" if isinstance(exc, Unavailable) else "error"
+            self._observe(
+                incoming, seen, started, outcome=outcome, status=503 if outcome == "unavailable" else 500
+            )
             raise
         outcome = "ok" if reply.error is None else reply.error.code
         self._observe(incoming, seen, started, outcome=outcome, status=reply.status)

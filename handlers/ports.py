@@ -226,7 +226,7 @@ class CommandObservation:
     command_id: str | None
     tenant_id: str | None  # None until the token is verified
     correlation_id: str | None
-    outcome: str  # "ok", an error code, or "unavailable" (a dependency was down; the caller retries)
+    outcome: str  # "ok", an error code; "unavailable" (a dependency was down) or "error": no outcome yet
     status: int
     duration_s: float
     replayed: bool  # answered from the command log: a duplicate, changing nothing

@@ -32,7 +32,7 @@ class ServiceMetrics:
         r = self.registry
         self.commands = Counter(
             "careplan_commands",
-            "Commands processed, by command, transport and outcome (ok, an error code, or unavailable)",
+            "Commands processed, by command, transport and outcome (ok, an error code, unavailable, error)",
             ["command", "transport", "outcome"],
             registry=r,
         )
@@ -153,8 +153,8 @@ class CommandTelemetry:
         self._metrics.command_duration.labels(o.command, o.transport).observe(o.duration_s)
         if o.replayed:
             self._metrics.command_replays.labels(o.transport).inc()
-        if o.outcome == "unavailable":
-            return
+        if o.outcome in ("unavailable", "error"):
+            return  # not answered: the consumer's retry or dead-letter line (or the HTTP line) says it
         level = logging.ERROR if o.status >= 500 else logging.INFO
         command_log.log(
             level,
