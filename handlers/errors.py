@@ -62,6 +62,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
 }
 
+# The codes only the REST edge answers with; every other code is also a NATS reply's (CONTRACT §3).
+HTTP_ONLY_CODES = frozenset({ErrorCode.PRECONDITION_REQUIRED, ErrorCode.UNAVAILABLE})
+REPLY_CODES = tuple(code for code in ErrorCode if code not in HTTP_ONLY_CODES)
+
 # When a command names several unknown things, the reply's code is the first kind in this order; its
 # details list them all.
 _REFERENCE_CODES = {

@@ -158,6 +158,7 @@ def _responses(route: RestRoute) -> dict[str, Any]:
         links = _links_from(route.command)
         if links:
             responses["201"]["links"] = links
+    # 428 only where If-Match is required; the rest of the HTTP-only codes (503 UNAVAILABLE) anywhere.
     codes = {HTTP_STATUS[code] for code in ErrorCode if code is not ErrorCode.PRECONDITION_REQUIRED}
     if COMMANDS[route.command].version is VersionCheck.REQUIRED:
         codes.add(428)

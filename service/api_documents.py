@@ -5,27 +5,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from handlers.openapi import openapi_document
 from service.asyncapi import DOCUMENT_PATH as ASYNCAPI_PATH
-from service.asyncapi import REGENERATE_COMMAND, render_asyncapi
+from service.asyncapi import REGENERATE_COMMAND, render_asyncapi, render_json
 
 DOCS = ASYNCAPI_PATH.parent
 OPENAPI_PATH = DOCS / "openapi.json"
 __all__ = ["OPENAPI_PATH", "REGENERATE_COMMAND", "main", "render_openapi"]
 
 
-def render(document: dict[str, Any]) -> str:
-    """Stable text: sorted keys, two-space indent, one trailing newline."""
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def render_openapi() -> str:
-    return render(openapi_document())
+    return render_json(openapi_document())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

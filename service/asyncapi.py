@@ -16,7 +16,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, create_model
 
 from domain.access import Principal
-from handlers.errors import HTTP_STATUS, ErrorCode
+from handlers.errors import HTTP_STATUS, REPLY_CODES
 from handlers.nats_consumer import (
     COMMAND_CONSUMER,
     COMMAND_STREAM,
@@ -83,26 +83,6 @@ VERSION_TARGET: dict[str, str] = {
     "careteam.update_member": "care team",
     "careteam.remove_member": "care team",
 }
-
-# CONTRACT §3: the codes a NATS caller can be answered with.
-REPLY_CODES = (
-    ErrorCode.VALIDATION_ERROR,
-    ErrorCode.UNKNOWN_COMMAND,
-    ErrorCode.UNAUTHENTICATED,
-    ErrorCode.FORBIDDEN,
-    ErrorCode.MODULE_NOT_LICENSED,
-    ErrorCode.NOT_FOUND,
-    ErrorCode.VERSION_CONFLICT,
-    ErrorCode.INVALID_TRANSITION,
-    ErrorCode.IDEMPOTENCY_KEY_REUSED,
-    ErrorCode.PATIENT_NOT_FOUND,
-    ErrorCode.ENCOUNTER_NOT_FOUND,
-    ErrorCode.PRACTITIONER_NOT_FOUND,
-    ErrorCode.INVALID_CODE,
-    ErrorCode.UPSTREAM_UNAVAILABLE,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.INTERNAL,
-)
 
 
 class OutcomeQuery(BaseModel):
@@ -204,9 +184,13 @@ def build_asyncapi() -> dict[str, Any]:
     return document
 
 
+def render_json(document: dict[str, Any]) -> str:
+    """Stable text for a committed document: sorted keys, two-space indent, one trailing newline."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def render_asyncapi() -> str:
-    """Stable text: sorted keys, two-space indent, one trailing newline."""
-    return json.dumps(build_asyncapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return render_json(build_asyncapi())
 
 
 def _document_command(broker: NatsBroker, spec: CommandSpec) -> None:
