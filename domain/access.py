@@ -10,9 +10,21 @@ from domain.errors import ModuleNotLicensed, NotPermitted
 MODULE_ENTITLEMENT = "ehr.care_plans"
 
 
+PATIENT_ROLE = "patient"
+PATIENT_SCOPE_PREFIX = "patient/"
+
+
+class PatientWithoutContext(ValueError):
+    """A caller that is a patient by some sign, but names no patient: it could be shown nothing safely."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller, as identity-service vouched for it in a verified JWT."""
+    """The caller, as identity-service vouched for it in a verified JWT.
+
+    A patient by any sign (the `patient` role, a `patient_id`, a SMART `patient/` scope) always carries
+    its `patient_id`: every read filter keys on it, so a patient without one would read as staff. The
+    constructor refuses that caller rather than trust every reader to check."""
 
     tenant_id: str
     subject: str
@@ -21,10 +33,19 @@ class Principal:
     patient_id: str | None = None  # set on SMART patient tokens: such a caller may only read
     token_id: str | None = None
     issuer: str | None = None
+    scopes: frozenset[str] = frozenset()  # the SMART `scope` claim, as given; unknown ones mean nothing
+
+    def __post_init__(self) -> None:
+        if self.patient_id is None and self.claims_patient_context:
+            raise PatientWithoutContext("a patient token must name its patient (`patient_id` claim)")
+
+    @property
+    def claims_patient_context(self) -> bool:
+        return PATIENT_ROLE in self.roles or any(s.startswith(PATIENT_SCOPE_PREFIX) for s in self.scopes)
 
     @property
     def is_patient(self) -> bool:
-        return self.patient_id is not None or "patient" in self.roles
+        return self.patient_id is not None
 
 
 class Permission:
@@ -52,7 +73,7 @@ DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     "clinician": ALL_WRITES,
     "care-coordinator": frozenset({Permission.ACTIVITY_WRITE, Permission.CARETEAM_WRITE}),
     "reviewer": frozenset({Permission.CAREPLAN_REVIEW}),
-    "patient": frozenset(),
+    PATIENT_ROLE: frozenset(),
 }
 
 

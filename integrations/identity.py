@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +18,9 @@ from jwt import PyJWK
 from domain.access import Principal
 from domain.errors import Unavailable
 from handlers.ports import AuthenticationFailed
+from integrations.claims import principal_from_claims
 
 ALGORITHMS = ("RS256", "ES256")
-TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class JwksSource:
@@ -91,8 +90,8 @@ class JwksSource:
 
 
 class JwtVerifier:
-    """Checks signature (RS256/ES256 only), `exp`, and `iss`/`aud` when configured; maps claims:
-    `tenant_id`, `sub`, `roles`, `entitlements`, `patient_id`, `jti`.
+    """Checks signature (RS256/ES256 only), `exp`, and `iss`/`aud` when configured; the claims become a
+    Principal in `integrations.claims`.
 
     A token that verified is remembered for `cache_ttl_s` (never past its `exp`): callers and
     fhir-gateway send the same token many times, and a signature check costs more than the rest of a
@@ -155,29 +154,3 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"invalid token: {exc}") from exc
         return principal_from_claims(claims), float(claims["exp"]), key
-
-
-def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
-    tenant_id = claims.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
-        raise AuthenticationFailed("token has no valid `tenant_id` claim ([A-Za-z0-9_-]{1,64})")
-    patient_id = claims.get("patient_id")
-    return Principal(
-        tenant_id=tenant_id,
-        subject=str(claims["sub"]),
-        roles=_string_set(claims.get("roles"), "roles"),
-        entitlements=_string_set(claims.get("entitlements"), "entitlements"),
-        patient_id=str(patient_id) if patient_id is not None else None,
-        token_id=str(claims["jti"]) if claims.get("jti") is not None else None,
-        issuer=str(claims["iss"]) if claims.get("iss") is not None else None,
-    )
-
-
-def _string_set(value: Any, name: str) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return frozenset(value)
-    raise AuthenticationFailed(f"claim `{name}` must be a list of strings")

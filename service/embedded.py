@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -516,8 +516,11 @@ class EmbeddedNats:
     <data_dir>/ports (the server's ports file, used to learn a server-chosen port).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+        """`extra_args` go to nats-server as they are: a cluster's `--name`/`--cluster`/`--routes`, or
+        `-c <config>` for accounts and permissions."""
         self._data_dir = Path(data_dir).expanduser().resolve()
+        self._extra_args = tuple(extra_args)
         self._store_dir = self._data_dir / "jetstream"
         self._pid_file = self._data_dir / "nats-server.pid"
         self._log_file = self._data_dir / "nats.log"
@@ -572,6 +575,7 @@ class EmbeddedNats:
             "-P", str(self._pid_file),
             "-l", str(self._log_file),
             "--ports_file_dir", str(self._ports_dir),
+            *self._extra_args,
         ]  # fmt: skip
         with self._log_file.open("ab") as log:
             # Own session: a terminal Ctrl-C reaches us (who call stop()), not the server.
