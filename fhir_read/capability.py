@@ -10,7 +10,19 @@ from aiohttp import web
 
 from domain.search_parameters import BY_TYPE, SEARCHABLE_TYPES
 from fhir_read.outcome import FHIR_JSON
-from fhir_read.search_query import MAX_COUNT, MAX_INCLUDED
+from fhir_read.search_query import (
+    MAX_COUNT,
+    MAX_CRITERIA,
+    MAX_ELEMENTS,
+    MAX_INCLUDED,
+    MAX_INCLUDES,
+    MAX_OR_VALUES,
+    MAX_PARAMETER_CHARS,
+    MAX_PARAMETERS,
+    MAX_SEARCH_BODY_BYTES,
+    MAX_SORT_KEYS,
+    MAX_VALUE_CHARS,
+)
 
 SERVICE_VERSION = "0.1.0"
 US_CORE_PROFILES = {
@@ -105,9 +117,15 @@ def capability_statement() -> dict[str, Any]:
                 "mode": "server",
                 "documentation": (
                     f"Read-only. _count defaults to 20 and is capped at {MAX_COUNT}; at most {MAX_INCLUDED} "
-                    "included resources per page (more is a 400, never a silent cut). Unknown parameters are "
+                    "included resources per page (more is a 400, never a silent cut). Search limits, each "
+                    f"a 400 naming it when passed: {MAX_OR_VALUES} comma-separated values per parameter, "
+                    f"{MAX_CRITERIA} search parameters, {MAX_INCLUDES} _include/_revinclude, "
+                    f"{MAX_SORT_KEYS} _sort keys, {MAX_ELEMENTS} _elements, {MAX_PARAMETERS} parameters in "
+                    f"all, {MAX_VALUE_CHARS} characters per value, {MAX_PARAMETER_CHARS} per parameter, "
+                    f"a POST _search body of {MAX_SEARCH_BODY_BYTES} bytes (413). Unknown parameters are "
                     "refused unless the request says Prefer: handling=lenient. Patient tokens see only their "
-                    "own records, and no draft or entered-in-error CarePlans."
+                    "own records, nothing of draft or entered-in-error CarePlans (their goals, activities, "
+                    "care teams and audit included)."
                 ),
                 "security": {
                     "description": "Bearer JWT from identity-service; the tenant comes from the token."

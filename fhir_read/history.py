@@ -22,6 +22,7 @@ from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from fhir_read.routes import ENGINE, VERIFIER, conditional_resource_response
 from fhir_read.search import CURSOR_SECRET, base_url, prefers_lenient
+from fhir_read.search_query import MAX_COUNT, MAX_CRITERIA, MAX_OR_VALUES, MAX_PARAMETERS
 from storage.history_reads import (
     HistoryKey,
     ProvenanceKey,
@@ -35,7 +36,6 @@ from storage.history_reads import (
 from storage.reads import READABLE_TABLES
 
 DEFAULT_COUNT = 20
-MAX_COUNT = 200
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")  # fits Postgres `integer`
@@ -222,6 +222,11 @@ class _Params:
     @classmethod
     def parse(cls, request: web.Request, filters: set[str]) -> _Params:
         known, ignored = [], []
+        if len(request.query) > MAX_PARAMETERS:
+            raise InvalidRequest(f"{len(request.query)} parameters; a search takes at most {MAX_PARAMETERS}")
+        criteria = sum(1 for name in request.query if name in filters)
+        if criteria > MAX_CRITERIA:
+            raise InvalidRequest(f"{criteria} search parameters; a search takes at most {MAX_CRITERIA}")
         for name, value in request.query.items():
             if name in filters or name in _PAGING:
                 known.append((name, value))
@@ -256,6 +261,8 @@ def _count(params: _Params) -> int:
 
 def _any_of(raw: str, name: str) -> list[str]:
     values = raw.split(",")
+    if len(values) > MAX_OR_VALUES:
+        raise InvalidRequest(f"{name}: {len(values)} values; a parameter takes at most {MAX_OR_VALUES}")
     if not all(values):
         raise InvalidRequest(f"{name} has an empty value")
     return values

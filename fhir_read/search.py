@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
@@ -16,7 +16,7 @@ from fhir_read.capability import add_capability_route
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from fhir_read.routes import ENGINE, VERIFIER
-from fhir_read.search_query import MAX_INCLUDED, SearchError, parse_search
+from fhir_read.search_query import MAX_INCLUDED, MAX_SEARCH_BODY_BYTES, SearchError, parse_search
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
 CURSOR_SECRET = web.AppKey("cursor_secret", bytes)
@@ -55,12 +55,15 @@ async def search_route(request: web.Request) -> web.StreamResponse:
     except Unauthenticated as exc:
         return operation_outcome(401, str(exc))
     params = list(request.query.items())
-    if request.method == "POST":
-        if request.content_type != "application/x-www-form-urlencoded":
-            return operation_outcome(415, "POST _search takes an application/x-www-form-urlencoded body")
-        params += [(k, str(v)) for k, v in (await request.post()).items()]
     lenient = prefers_lenient(request)
     try:
+        if request.method == "POST":
+            if request.content_type != "application/x-www-form-urlencoded":
+                return operation_outcome(415, "POST _search takes an application/x-www-form-urlencoded body")
+            form = await _search_form(request)
+            if form is None:
+                return operation_outcome(413, f"a _search body takes at most {MAX_SEARCH_BODY_BYTES} bytes")
+            params += form
         query, after = _query_and_position(request, resource_type, principal, params, lenient)
         page = await run_search(
             request.app[ENGINE], principal.tenant_id, query, patient_id=principal.patient_id, after=after
@@ -69,6 +72,21 @@ async def search_route(request: web.Request) -> web.StreamResponse:
     except (SearchError, CursorError) as exc:
         return operation_outcome(400, str(exc))
     return web.Response(body=body, content_type=FHIR_JSON)
+
+
+async def _search_form(request: web.Request) -> list[tuple[str, str]] | None:
+    """The form's pairs, or None when the body is over MAX_SEARCH_BODY_BYTES (read no further than that)."""
+    if (request.content_length or 0) > MAX_SEARCH_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(8192):
+        body += chunk
+        if len(body) > MAX_SEARCH_BODY_BYTES:
+            return None
+    try:
+        return parse_qsl(body.decode(), keep_blank_values=True)
+    except UnicodeDecodeError as exc:
+        raise SearchError("the _search body is not UTF-8") from exc
 
 
 def _binding(principal: Principal, resource_type: str) -> dict[str, object]:

@@ -12,6 +12,18 @@ from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, UR
 
 MAX_COUNT = 200
 MAX_INCLUDED = 1000  # per page; past it the request is refused (never cut silently)
+# Bounds on what one search may ask (CONTRACT §6 pinning, README "Search limits"): the SQL grows with
+# each value, and parsing and compiling run on the event loop that serves every other caller. Past any of
+# them the search is a 400 naming the cap, never a silent cut.
+MAX_OR_VALUES = 100  # comma-separated values of one parameter
+MAX_CRITERIA = 20  # search parameters (each occurrence counts) of one search
+MAX_INCLUDES = 10  # _include and _revinclude together
+MAX_SORT_KEYS = 5
+MAX_ELEMENTS = 50
+MAX_PARAMETERS = 60  # every name=value pair of the request, unknown lenient ones included
+MAX_VALUE_CHARS = 512  # one value of a string, uri, token or reference parameter
+MAX_PARAMETER_CHARS = 16 * 1024  # one parameter's whole value, before it is split
+MAX_SEARCH_BODY_BYTES = 64 * 1024  # a POST _search form body (a GET's query line is bounded by aiohttp)
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "count", "false")
 TOTAL_MODES = ("none", "accurate", "estimate")
@@ -35,6 +47,8 @@ class SearchError(ValueError):
 
 
 def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, lenient: bool) -> SearchQuery:
+    params = list(params)
+    _within_caps(params)
     registry = BY_TYPE[resource_type]
     criteria: list[Criterion] = []
     sort: list[SortKey] = []
@@ -70,6 +84,10 @@ def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, lenie
                 continue
             raise SearchError(f"unknown search parameter {raw_name!r} for {resource_type}")
         criteria.append(_criterion(resource_type, name, type_, modifier or None, value))
+    _at_most(len(criteria), MAX_CRITERIA, "search parameters")
+    _at_most(len(includes) + len(revincludes), MAX_INCLUDES, "_include and _revinclude parameters")
+    _at_most(len(sort), MAX_SORT_KEYS, "_sort keys")
+    _at_most(len(elements), MAX_ELEMENTS, "_elements names")
     return SearchQuery(
         resource_type,
         tuple(criteria),
@@ -82,6 +100,19 @@ def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, lenie
         tuple(revincludes),
         tuple(ignored),
     )
+
+
+def _within_caps(params: list[tuple[str, str]]) -> None:
+    """The caps that bound the work before any of it is done: how many pairs, how long a value."""
+    _at_most(len(params), MAX_PARAMETERS, "parameters")
+    for name, value in params:
+        if len(value) > MAX_PARAMETER_CHARS:
+            raise SearchError(f"{name}: the value is longer than {MAX_PARAMETER_CHARS} characters (the cap)")
+
+
+def _at_most(count: int, cap: int, what: str) -> None:
+    if count > cap:
+        raise SearchError(f"{count} {what}; a search takes at most {cap}")
 
 
 def _criterion(resource_type: str, code: str, type_: str, modifier: str | None, value: str) -> Criterion:
@@ -98,14 +129,16 @@ def _criterion(resource_type: str, code: str, type_: str, modifier: str | None, 
             raise SearchError(f"{code}:missing takes true or false")
         return Criterion(code, type_, modifier, (value,))
     values = tuple(v.strip() for v in _split_or(value))
+    if len(values) > MAX_OR_VALUES:
+        raise SearchError(f"{code}: {len(values)} values; a parameter takes at most {MAX_OR_VALUES}")
     if not values or any(v == "" for v in values):
         raise SearchError(f"{code} needs a value")
     if any(not v.isprintable() for v in values):
         raise SearchError(f"{code}: control characters are not allowed in a value")
     if type_ == DATE:
         return Criterion(code, type_, modifier, values, tuple(_date_value(code, v) for v in values))
-    if type_ in (STRING, URI, TOKEN, REFERENCE) and any(len(v) > 512 for v in values):
-        raise SearchError(f"{code}: a value is longer than 512 characters")
+    if type_ in (STRING, URI, TOKEN, REFERENCE) and any(len(v) > MAX_VALUE_CHARS for v in values):
+        raise SearchError(f"{code}: a value is longer than {MAX_VALUE_CHARS} characters")
     return Criterion(code, type_, modifier, values)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from domain.access import Principal
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import authenticate_headers, error_reply
 from handlers.ports import TokenVerifier
@@ -34,9 +35,19 @@ async def command_outcome(
                 'the body must be {"command_id": "<uuid>"}',
                 {"errors": [{"path": "command_id", "message": str(exc)}]},
             ) from exc
-        outcome = await read_outcome(principal.tenant_id, parsed)
-        if outcome is None:
-            raise Rejection(ErrorCode.NOT_FOUND, f"no command {command_id}")
-        return Reply.model_validate(outcome)
+        return Reply.model_validate(await stored_outcome(principal, parsed, read_outcome))
     except Rejection as rejection:
         return error_reply(command_id, rejection)
+
+
+async def stored_outcome(
+    principal: Principal, command_id: uuid.UUID, read_outcome: OutcomeReader
+) -> dict[str, Any]:
+    """The outcome a command of the caller's tenant got (NATS query and HTTP alike). A patient token never
+    writes, so no outcome is its own, and another patient's would name their plan: FORBIDDEN."""
+    if principal.is_patient:
+        raise Rejection(ErrorCode.FORBIDDEN, "a patient token may not read command outcomes")
+    outcome = await read_outcome(principal.tenant_id, command_id)
+    if outcome is None:
+        raise Rejection(ErrorCode.NOT_FOUND, f"no command {command_id}")
+    return outcome

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import orjson
 from aiohttp import web
@@ -16,9 +17,11 @@ from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.search import add_search_routes
+from handlers.errors import Rejection
 from handlers.openapi import OPENAPI_PATH, openapi_document
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
+from handlers.queries import stored_outcome
 from handlers.rest_api import CORRELATION_HEADER, add_command_routes
 from service.telemetry import ServiceMetrics
 from storage.reads import read_command_outcome
@@ -81,17 +84,23 @@ def problem(status: int, title: str, *, code: str, detail: str | None = None) ->
 
 
 async def command_outcome_route(request: web.Request) -> web.Response:
+    given = request.match_info["command_id"]
     try:
         principal = await authenticate(request, request.app[_VERIFIER])
     except Unauthenticated as exc:
         return problem(401, "Unauthenticated", code="UNAUTHENTICATED", detail=str(exc))
     try:
-        command_id = uuid.UUID(request.match_info["command_id"])
+        command_id = uuid.UUID(given)
     except ValueError:
         return problem(404, "Not found", code="NOT_FOUND", detail="no such command")
-    outcome = await read_command_outcome(request.app[_ENGINE], principal.tenant_id, command_id)
-    if outcome is None:
-        return problem(404, "Not found", code="NOT_FOUND", detail="no such command")
+    engine = request.app[_ENGINE]
+    try:
+        outcome = await stored_outcome(
+            principal, command_id, lambda tenant_id, wanted: read_command_outcome(engine, tenant_id, wanted)
+        )
+    except Rejection as rejection:
+        status = rejection.status
+        return problem(status, HTTPStatus(status).phrase, code=rejection.code.value, detail=rejection.message)
     return web.Response(body=orjson.dumps(outcome), content_type="application/json")
 
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, Text, and_, any_, cast, exists, literal, or_, select
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.reads import HIDDEN_FROM_PATIENTS, StoredResource, tenant_transaction
-from storage.tables import care_plans, provenance, resource_history
-
-# Where each type names its patient: history rows have no patient column, so patient tokens filter on JSON.
-PATIENT_ELEMENT = {"CarePlan": "subject", "Goal": "subject", "Task": "for", "CareTeam": "subject"}
+from storage.reads import READABLE_TABLES, StoredResource, tenant_transaction
+from storage.tables import provenance, resource_history
+from storage.visibility import HIDDEN_FROM_PATIENTS, provenance_visible_to_patient, visible_to_patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,24 +74,21 @@ class ProvenanceRecord:
 def _visible_versions(
     tenant_id: str, resource_type: str, patient_id: str | None
 ) -> list[ColumnElement[bool]]:
-    """A patient sees versions about themselves only, and no draft or void CarePlan version; nor any version
-    of a plan that is now entered-in-error, since such a plan never should have existed."""
+    """A patient sees the versions of what they may see now (storage.visibility: their own resources, of
+    plans that are not draft or void), and no draft or void CarePlan version even of a plan shown now."""
     h = resource_history.c
     conditions: list[ColumnElement[bool]] = [h.tenant_id == tenant_id, h.resource_type == resource_type]
     if patient_id is not None:
-        # `resource->'subject'->>'reference'`, spelled with the operators so an expression index can serve it.
-        element = h.resource.op("->")(literal(PATIENT_ELEMENT[resource_type], Text))
-        reference = element.op("->>", return_type=Text)(literal("reference", Text))
-        conditions.append(reference == f"Patient/{patient_id}")
+        # The patient and plan live on the current row (the patient never changes, nor a part's plan).
+        current = text(
+            f"EXISTS (SELECT 1 FROM {READABLE_TABLES[resource_type]} r "
+            "WHERE r.tenant_id = resource_history.tenant_id AND r.id = resource_history.resource_id AND "
+            f"{visible_to_patient(resource_type, 'r', ':visible_patient', ':hidden_statuses')})"
+        ).bindparams(visible_patient=patient_id, hidden_statuses=list(HIDDEN_FROM_PATIENTS))
+        conditions.append(current)  # type: ignore[arg-type]
         if resource_type == "CarePlan":
             status = h.resource.op("->>", return_type=Text)(literal("status", Text))
             conditions.append(status.not_in(HIDDEN_FROM_PATIENTS))
-            voided = exists().where(
-                care_plans.c.tenant_id == h.tenant_id,
-                care_plans.c.id == h.resource_id,
-                care_plans.c.status == "entered-in-error",
-            )
-            conditions.append(~voided)
     return conditions
 
 
@@ -167,23 +162,14 @@ async def read_history(
     return [HistoryVersion(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def hidden_plan_targets(tenant: ColumnElement[str], targets: ColumnElement[list[str]]) -> Select[int]:
-    """Plans hidden from patients (draft, entered-in-error) among a Provenance's targets."""
-    c = care_plans.c
-    return select(literal(1)).where(
-        c.tenant_id == tenant,
-        c.status.in_(HIDDEN_FROM_PATIENTS),
-        literal("CarePlan/").concat(c.id) == any_(targets),
-    )
-
-
 def _visible_provenance(tenant_id: str, patient_id: str | None) -> list[ColumnElement[bool]]:
     p = provenance.c
     conditions: list[ColumnElement[bool]] = [p.tenant_id == tenant_id]
     if patient_id is not None:
-        conditions.append(p.patient_id == patient_id)
-        # The audit of a draft or voided plan would reveal the plan a patient may not see.
-        conditions.append(~exists(hidden_plan_targets(p.tenant_id, p.targets)))
+        visible = text(
+            provenance_visible_to_patient("provenance", ":visible_patient", ":hidden_statuses")
+        ).bindparams(visible_patient=patient_id, hidden_statuses=list(HIDDEN_FROM_PATIENTS))
+        conditions.append(visible)  # type: ignore[arg-type]
     return conditions
 
 

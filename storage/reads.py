@@ -18,9 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.errors import Unavailable
 from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
-
-# Patients never see plans that are not (yet, or ever) real (CONTRACT §6).
-HIDDEN_FROM_PATIENTS = ("draft", "entered-in-error")
+from storage.visibility import HIDDEN_FROM_PATIENTS, visible_to_patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +51,21 @@ async def read_resource(
     *,
     patient_id: str | None = None,
 ) -> StoredResource | None:
-    """The current version; a patient caller sees only resources about themselves (Task: `for`), and of
-    CarePlans only those that are not draft or void."""
-    sql = _read_sql(READABLE_TABLES[resource_type], patient_id is not None, resource_type == "CarePlan")
+    """The current version, or None when unknown or hidden from this caller (storage.visibility)."""
+    sql = _read_sql(resource_type, patient_id is not None)
     args: list[Any] = [resource_id]
     if patient_id is not None:
-        args.append(patient_id)
-        if resource_type == "CarePlan":
-            args.append(list(HIDDEN_FROM_PATIENTS))
+        args += [patient_id, list(HIDDEN_FROM_PATIENTS)]
     rows = await fetch_in_tenant(engine, tenant_id, sql, *args)
     return StoredResource(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
 
 @functools.lru_cache(maxsize=32)
-def _read_sql(table: str, for_patient: bool, hide_drafts: bool) -> str:
-    sql = f"SELECT version, last_updated, resource::text FROM {table} WHERE id = $1"
+def _read_sql(resource_type: str, for_patient: bool) -> str:
+    table = READABLE_TABLES[resource_type]
+    sql = f"SELECT version, last_updated, resource::text FROM {table} r WHERE r.id = $1"
     if for_patient:
-        sql += " AND patient_id = $2"
-        if hide_drafts:
-            sql += " AND status <> ALL($3::text[])"
+        sql += " AND " + visible_to_patient(resource_type, "r", "$2", "$3::text[]")
     return sql
 
 

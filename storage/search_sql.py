@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.search import Criterion, DateValue, Include, SearchQuery, SortKey
 from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange
-from storage.reads import HIDDEN_FROM_PATIENTS, READABLE_TABLES, fetch_in_tenant, tenant_transaction
+from storage.reads import READABLE_TABLES, fetch_in_tenant, tenant_transaction
+from storage.visibility import HIDDEN_FROM_PATIENTS, provenance_visible_to_patient, visible_to_patient
 
 INDEX_OF_TYPE = {
     TOKEN: "search_token",
@@ -149,7 +150,16 @@ def _date_clause(sql: Sql, low: str, high: str, value: DateValue) -> str:
     # ap: within 10% of the distance from now (at least a day), as HAPI and the spec suggest.
     assert span.low is not None and span.high is not None
     gap = max(abs(datetime.now(span.low.tzinfo) - span.low) / 10, timedelta(days=1))
-    return f"({low} <= {sql.bind(span.high + gap)} AND {high} >= {sql.bind(span.low - gap)})"
+    upper, lower = _shifted(span.high, gap), _shifted(span.low, -gap)
+    return f"({low} <= {sql.bind(upper)} AND {high} >= {sql.bind(lower)})"
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime:
+    """`moment + by`, held at the ends of the calendar (`ap0001-01-01` reaches before year 1)."""
+    try:
+        return moment + by
+    except OverflowError:
+        return (datetime.max if by > timedelta(0) else datetime.min).replace(tzinfo=moment.tzinfo)
 
 
 def _string_clause(sql: Sql, value: str, type_: str, modifier: str | None) -> str:
@@ -174,10 +184,8 @@ def patient_filter(sql: Sql, resource_type: str, patient_id: str | None, alias: 
     """What a patient token may see, applied to the main query and to every include branch alike."""
     if patient_id is None:
         return "true"
-    clause = f"{alias}.patient_id = {sql.bind(patient_id)}"
-    if resource_type == "CarePlan":
-        clause += f" AND {alias}.status <> ALL({sql.bind(list(HIDDEN_FROM_PATIENTS))})"
-    return clause
+    hidden = sql.bind(list(HIDDEN_FROM_PATIENTS))
+    return visible_to_patient(resource_type, alias, sql.bind(patient_id), hidden)
 
 
 def sort_key_sql(sql: Sql, resource_type: str, key: SortKey) -> str:
@@ -266,15 +274,14 @@ def search_statement(
 
 def positional(sql: str, params: dict[str, Any]) -> tuple[str, ...]:
     """The statement with asyncpg's `$n` for our `:pN` names (numbered in order of first use), followed
-    by the values of those it uses."""
-    used: list[str] = []
+    by the values of those it uses. Linear in the number of parameters: a search the caps allow binds
+    thousands, and this runs on the event loop."""
+    numbers: dict[str, int] = {}
 
     def number(match: re.Match[str]) -> str:
-        if match.group(1) not in used:
-            used.append(match.group(1))
-        return f"${used.index(match.group(1)) + 1}"
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
 
-    return (re.sub(r"(?<!:):(p\d+)\b", number, sql), *(params[name] for name in used))
+    return (re.sub(r"(?<!:):(p\d+)\b", number, sql), *(params[name] for name in numbers))
 
 
 async def run_search(
@@ -360,9 +367,8 @@ async def load_revincludes(
     if include.source_type == "Provenance":
         refs = [f"{target_type}/{i}" for i in target_ids]
         patient = (
-            f" AND p.patient_id = {sql.bind(patient_id)} AND NOT EXISTS (SELECT 1 FROM care_plans c "
-            f"WHERE c.tenant_id = p.tenant_id AND c.status = ANY({sql.bind(list(HIDDEN_FROM_PATIENTS))}) "
-            "AND ('CarePlan/' || c.id) = ANY(p.targets))"
+            " AND "
+            + provenance_visible_to_patient("p", sql.bind(patient_id), sql.bind(list(HIDDEN_FROM_PATIENTS)))
             if patient_id is not None
             else ""
         )
