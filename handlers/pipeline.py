@@ -317,7 +317,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
     """The envelope and its canonical bytes (sorted keys), which the idempotency check compares."""
     raw = parse_json_object(body)
-    _reject_unstorable(raw)
+    reject_unstorable(raw)
     envelope = _validate(CommandEnvelope, raw, prefix=())
     return envelope, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
 
@@ -340,7 +340,7 @@ def _validate(model: type[M], value: Any, *, prefix: tuple[str, ...]) -> M:
         raise Rejection(ErrorCode.VALIDATION_ERROR, f"{len(errors)} validation error(s)", details) from exc
 
 
-def _reject_unstorable(body: Any) -> None:
+def reject_unstorable(body: Any) -> None:
     """What no command may hold, whatever its schema: NUL characters (Postgres text and jsonb refuse
     them) and nesting deeper than MAX_JSON_DEPTH (the canonical re-encoding refuses past 255). Left to
     the database or the encoder, either one fails late and is retried as if transient; here the first

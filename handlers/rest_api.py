@@ -18,7 +18,7 @@ from aiohttp import web
 from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY
 from handlers.errors import ErrorCode, Rejection
-from handlers.pipeline import CommandProcessor, IncomingCommand, parse_json_object
+from handlers.pipeline import CommandProcessor, IncomingCommand, parse_json_object, reject_unstorable
 from handlers.registry import COMMANDS, VersionCheck
 from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES
 from schemas.replies import Reply
@@ -172,6 +172,8 @@ async def _envelope(route: RestRoute, request: web.Request, command_id: str) -> 
     envelope: dict[str, Any] = {"command_id": command_id, "data": data}
     if version is not None:
         envelope["expected_version"] = version
+    # Before it is encoded again for the pipeline: past the encoder's depth limit that would fail as a 500.
+    reject_unstorable(envelope)
     return envelope
 
 

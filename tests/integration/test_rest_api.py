@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.commands import MAX_JSON_DEPTH
 from service.client import envelope, send_command
 from service.dev_identity import DevKeys
 from service.runner import RunningService
@@ -261,6 +262,12 @@ async def test_callers_who_may_not_write_are_told_so_before_anything_else(
         pytest.param(orjson.dumps({"title": "no patient"}), "1 validation error(s)", id="missing-field"),
         pytest.param(
             orjson.dumps(CARE_PLAN | {"colour": "red"}), "1 validation error(s)", id="unknown-field"
+        ),
+        # Past the encoder's depth limit: was a 500 with a traceback (issue 15, row 8), as NATS says 422.
+        pytest.param(
+            b'{"patient_id": "p1", "title": "t", "notes": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            f"nested deeper than {MAX_JSON_DEPTH} levels",
+            id="nested-1000-deep",
         ),
     ],
 )
