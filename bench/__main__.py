@@ -25,8 +25,9 @@ from bench.infra import ROOT, Servers, servers
 from bench.reads import run_reads
 from bench.report import render
 from bench.scale import run_scale
+from bench.worst_search import run_worst_search
 
-SCENARIOS = ("commands", "reads", "scale", "relay")
+SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search")
 
 
 def main() -> None:
@@ -79,6 +80,7 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             workers=args.workers,
             replicas=args.replicas,
         ),
+        "worst-search": lambda: run_worst_search(running),
     }
     results: dict[str, Any] = {"scenarios": {}}
     for scenario in chosen:

@@ -110,7 +110,7 @@ class RssSampler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._sample())
 
-    def _cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> float:
         total = 0.0
         for process in self._all():
             with contextlib.suppress(psutil.Error):
@@ -128,12 +128,12 @@ class RssSampler:
 
     def mark_cpu(self) -> None:
         """Start counting CPU time from now (see `cpu_utilization`)."""
-        self._cpu_mark = (self._cpu_seconds(), time.perf_counter())
+        self._cpu_mark = (self.cpu_seconds(), time.perf_counter())
 
     def cpu_utilization(self) -> float:
         """CPU seconds per wall second since `mark_cpu` (1.0 = one core busy all the time)."""
         cpu, wall = self._cpu_mark
-        return round((self._cpu_seconds() - cpu) / (time.perf_counter() - wall), 2)
+        return round((self.cpu_seconds() - cpu) / (time.perf_counter() - wall), 2)
 
     async def _sample(self) -> None:
         while True:

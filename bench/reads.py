@@ -27,7 +27,7 @@ async def run_reads(servers: Servers, *, concurrency: int, seconds: float) -> di
     tenant = f"r{uuid.uuid4().hex[:8]}"
     token = servers.keys.mint(tenant_id=tenant, roles=["clinician"])
     async with command_client(servers) as client, careplan_serve(servers, database, name="reads") as serve:
-        plan_ids = await _load_plans(client, token)
+        plan_ids = await load_plans(client, token)
         read_path = f"/fhir/CarePlan/{plan_ids[0]}"
         search_path = "/fhir/CarePlan?patient=patient-7&status=active"
         await http_load("warm-up", serve.http_url + read_path, token, concurrency=concurrency, seconds=2)
@@ -74,7 +74,7 @@ async def run_reads(servers: Servers, *, concurrency: int, seconds: float) -> di
     }
 
 
-async def _load_plans(client: Any, token: str) -> list[str]:
+async def load_plans(client: Any, token: str) -> list[str]:
     """PATIENTS x PLANS_PER_PATIENT active plans through the command path."""
     semaphore = asyncio.Semaphore(32)
 

@@ -18,6 +18,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_scale(scenarios["scale"]))
     if "relay" in scenarios:
         parts.append(_relay(scenarios["relay"]))
+    if "worst-search" in scenarios:
+        parts.append(_worst_search(scenarios["worst-search"]))
     return "\n\n".join(parts)
 
 
@@ -58,6 +60,23 @@ def _commands(result: dict[str, Any]) -> str:
         f" (machine: {result['machine_cpu_cores_busy']} of its cores busy)",
     ]
     return "\n".join(lines)
+
+
+def _worst_search(result: dict[str, Any]) -> str:
+    rows = [
+        [name, r["cpu_ms"], r["loop_ms"], r["p50_ms"], r["max_ms"]]
+        for name, r in (("patient&status", result["common"]), ("worst allowed", result["worst"]))
+    ]
+    ratios, probes = result["ratios"], result["healthz_beside_worst"]
+    return "\n".join(
+        [
+            f"worst-search: POST CarePlan/_search, {result['requests']} sequential requests each",
+            _table(["search", "service cpu_ms", "on-loop cpu_ms", "p50_ms", "max_ms"], rows),
+            f"worst / common: CPU {ratios['cpu']}x, on the loop {ratios['loop']}x, p50 {ratios['p50']}x",
+            f"/healthz beside 4 clients of worst searches: {probes['probes']} probes,"
+            f" p50 {probes['p50_ms']} ms, p99 {probes['p99_ms']} ms, max {probes['max_ms']} ms",
+        ]
+    )
 
 
 def _reads(result: dict[str, Any]) -> str:

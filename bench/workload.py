@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.load import CommandClient, Request
+from fhir_read.search_query import MAX_CRITERIA, MAX_INCLUDES, MAX_OR_VALUES, MAX_SORT_KEYS
 from service.dev_identity import DevKeys
 
 TENANTS = 8
@@ -159,3 +160,15 @@ class CommandMix:
             return bool(reply.get("ok"))
 
         return send
+
+
+def worst_search() -> list[tuple[str, str]]:
+    """The costliest search the caps allow (fhir_read.search_query), within the POST body limit:
+    MAX_CRITERIA parameters of MAX_OR_VALUES values each, of the costlier kinds (token index lookups, `ap`
+    date ranges), every sort key and include allowed, a full page."""
+    tokens = [("category", ",".join(f"s|{i:05d}" for i in range(MAX_OR_VALUES)))] * (MAX_CRITERIA - 6)
+    dates = [("date", ",".join(f"ap{2000 + i % 26}-0{1 + i % 9}" for i in range(MAX_OR_VALUES)))] * 6
+    sort = [("_sort", ",".join(["-date", "status", "intent", "_lastUpdated", "_id"][:MAX_SORT_KEYS]))]
+    half = MAX_INCLUDES // 2
+    includes = [("_include", "CarePlan:goal")] * half + [("_revinclude", "Provenance:target")] * half
+    return [*tokens, *dates, *sort, ("_count", "200"), *includes]

@@ -144,6 +144,8 @@ def _criterion(resource_type: str, code: str, type_: str, modifier: str | None, 
 
 def _split_or(value: str) -> list[str]:
     """Comma means OR; `\\,` is a literal comma."""
+    if "\\" not in value:
+        return value.split(",")
     parts, current, escaped = [], [], False
     for char in value:
         if escaped:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 
+from bench.workload import worst_search
 from fhir_read.search_query import (
     MAX_CRITERIA,
     MAX_ELEMENTS,
@@ -51,20 +52,6 @@ async def post_search(
 
 def values(n: int, width: int = 6) -> str:
     return ",".join(f"http://snomed.info/sct|{i:0{width}d}" for i in range(n))
-
-
-def worst_search() -> list[tuple[str, str]]:
-    """As much as every cap allows at once, within the body limit: MAX_CRITERIA parameters of
-    MAX_OR_VALUES values each, of the costlier kinds (token index lookups, `ap` date ranges)."""
-    tokens = [("category", ",".join(f"s|{i:05d}" for i in range(MAX_OR_VALUES))) for _ in range(14)]
-    dates = [
-        ("date", ",".join(f"ap{2000 + i % 26}-0{1 + i % 9}" for i in range(MAX_OR_VALUES))) for _ in range(6)
-    ]
-    sort = [("_sort", "-date,status,intent,_lastUpdated,_id"), ("_count", "200")]
-    includes = [("_include", "CarePlan:goal")] * 5 + [("_revinclude", "Provenance:target")] * 5
-    pairs = tokens + dates + sort + includes
-    assert len(urlencode(pairs, safe=",|")) <= MAX_SEARCH_BODY_BYTES
-    return pairs
 
 
 @pytest.mark.parametrize(
