@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from handlers.pipeline import CommandProcessor, IncomingCommand, error_reply
 from handlers.ports import CommandObserver, NoObserver, TokenVerifier
 from handlers.queries import QUERY_SUBJECT, OutcomeReader, command_outcome
 from handlers.registry import COMMANDS
+from handlers.reply_subjects import ReplySubjects
 from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,12 @@ class DeliveryPolicy:
     backoff_max_s: float = 30.0
     workers: int = 8
 
-    def nak_delay(self, delivered: int) -> float:
-        """Exponential back-off by delivery count: 1, 2, 4 … seconds, capped."""
-        return float(min(self.backoff_base_s * 2 ** max(delivered - 1, 0), self.backoff_max_s))
+    def nak_delay(self, delivered: int, draw: Callable[[], float] = random.random) -> float:
+        """Exponential back-off by delivery count (1, 2, 4 … seconds, capped), with "equal jitter": half the
+        step fixed, half drawn at random. After an outage the commands it held back then return spread over
+        that window instead of all in the same second."""
+        step = min(self.backoff_base_s * 2 ** max(delivered - 1, 0), self.backoff_max_s)
+        return float(step / 2 + draw() * step / 2)
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -96,6 +100,7 @@ def register_command_consumer(
     observer: CommandObserver | None = None,
     *,
     drain: Drain | None = None,
+    replies: ReplySubjects | None = None,
     include_in_schema: bool = True,
 ) -> Any:
     """One durable pull consumer over `careplan.cmd.>`, up to `policy.workers` messages in flight.
@@ -120,10 +125,11 @@ def register_command_consumer(
 
     watcher = observer or NoObserver()
     stop = drain or Drain()
+    inboxes = replies or ReplySubjects.allowing()
 
     @subscriber
     async def on_command(msg: NatsMessageParam) -> None:
-        await handle_delivery(broker, processor, policy, msg, watcher, stop)
+        await handle_delivery(broker, processor, policy, msg, watcher, stop, inboxes)
 
     return subscriber
 
@@ -147,21 +153,33 @@ def mend_pull_timeouts(subscriber: Any) -> None:
     subscription.fetch = fetch_with_nats_timeout
 
 
-def register_outcome_query(broker: NatsBroker, verifier: TokenVerifier, read_outcome: OutcomeReader) -> None:
-    """`careplan.query.command` (core NATS request-reply, a queue group so replicas share the load)."""
+def register_outcome_query(
+    broker: NatsBroker,
+    verifier: TokenVerifier,
+    read_outcome: OutcomeReader,
+    *,
+    replies: ReplySubjects | None = None,
+    observer: CommandObserver | None = None,
+) -> None:
+    """`careplan.query.command` (core NATS request-reply, a queue group so replicas share the load). The
+    answer goes to the request's reply subject under the same rule as a command's reply."""
+    inboxes = replies or ReplySubjects.allowing()
+    watcher = observer or NoObserver()
 
     @broker.subscriber(
         QUERY_SUBJECT,
         queue="careplan-query",
+        no_reply=True,
         title=QUERY_SUBJECT,
         description="A command's stored outcome: request {command_id} with the same JWT header.",
     )
-    async def on_query(msg: NatsMessageParam) -> bytes:
+    async def on_query(msg: NatsMessageParam) -> None:
         raw = msg.raw_message
         reply = await command_outcome(
             raw.data or b"", dict(raw.headers or {}), verifier=verifier, read_outcome=read_outcome
         )
-        return orjson.dumps(reply.to_wire())
+        if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", reply.command_id):
+            await broker.publish(orjson.dumps(reply.to_wire()), subject=raw.reply)
 
 
 async def handle_delivery(
@@ -171,9 +189,11 @@ async def handle_delivery(
     msg: NatsMessage,
     observer: CommandObserver | None = None,
     drain: Drain | None = None,
+    replies: ReplySubjects | None = None,
 ) -> None:
     observer = observer or NoObserver()
     drain = drain or Drain()
+    replies = replies or ReplySubjects.allowing()
     raw = msg.raw_message
     incoming = IncomingCommand(subject=raw.subject, body=raw.data or b"", headers=dict(raw.headers or {}))
     command = incoming.command_name if incoming.command_name in COMMANDS else "unknown"
@@ -226,7 +246,7 @@ async def handle_delivery(
         reply = error_reply(
             incoming.message_id, Rejection(code, "the command could not be processed; retry later")
         )
-    await send_reply(broker, incoming, reply)
+    await send_reply(broker, incoming, reply, replies, observer)
     # Ack only once the outcome is committed and the reply is out; a crash before here redelivers,
     # and the command log answers the redelivery.
     await raw.ack_sync()
@@ -245,14 +265,17 @@ def _hand_back(msg: NatsMessage) -> None:
     task.add_done_callback(_HANDED_BACK.discard)
 
 
-async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply) -> None:
+async def send_reply(
+    broker: NatsBroker,
+    incoming: IncomingCommand,
+    reply: Reply,
+    replies: ReplySubjects,
+    observer: CommandObserver,
+) -> None:
     """Best effort, like every core NATS reply: the outcome is stored, and a caller who misses the reply
-    asks for it. A failed or impossible reply must never keep the message from being acked."""
+    asks for it. A failed or refused reply must never keep the message from being acked."""
     reply_to = incoming.headers.get("reply_to")
-    if not reply_to:
-        return
-    if not is_reply_subject(reply_to):
-        log.info("command %s: reply_to is not a subject we can publish to; no reply", incoming.message_id)
+    if not reply_to or not _reply_allowed(reply_to, replies, observer, "command", incoming.message_id):
         return
     headers = {"content-type": "application/json"}
     if incoming.correlation_id:
@@ -263,16 +286,23 @@ async def send_reply(broker: NatsBroker, incoming: IncomingCommand, reply: Reply
         log.warning("command %s: reply not sent: %s: %s", incoming.message_id, type(exc).__name__, exc)
 
 
-MAX_REPLY_SUBJECT = 256
-_SUBJECT_TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no whitespace
-
-
-def is_reply_subject(subject: str) -> bool:
-    """A subject a reply can go to: short (a long one breaks nats-server's control line and costs us the
-    connection), printable ASCII tokens, none empty, no wildcards."""
-    if len(subject) > MAX_REPLY_SUBJECT:
-        return False
-    return all(_SUBJECT_TOKEN.fullmatch(t) and t not in ("*", ">") for t in subject.split("."))
+def _reply_allowed(
+    subject: str, replies: ReplySubjects, observer: CommandObserver, kind: str, command_id: str | None
+) -> bool:
+    """May a reply go to `subject`? A refusal is logged (without the subject: it is the caller's text) and
+    counted; the command itself was processed all the same and its outcome can be queried."""
+    refusal = replies.refusal(subject)
+    if refusal is None:
+        return True
+    log.warning(
+        "%s %s: reply_to refused (%s); the outcome is stored for the outcome query",
+        kind,
+        command_id,
+        refusal,
+        extra={"command_id": command_id, "reason": refusal},
+    )
+    observer.reply_refused(kind, refusal)
+    return False
 
 
 async def _dead_letter(

@@ -241,6 +241,9 @@ class CommandObserver(Protocol):
 
     def command_dead_lettered(self, command: str) -> None: ...
 
+    def reply_refused(self, kind: str, reason: str) -> None:
+        """A reply (`kind`: command or query) not sent, its subject refused for `reason`."""
+
 
 class NoObserver:
     def command_processed(self, observation: CommandObservation) -> None:
@@ -250,4 +253,7 @@ class NoObserver:
         pass
 
     def command_dead_lettered(self, command: str) -> None:
+        pass
+
+    def reply_refused(self, kind: str, reason: str) -> None:
         pass

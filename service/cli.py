@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from domain.access import PATIENT_ROLE
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -173,6 +174,12 @@ def _dev_state(settings: Settings) -> dict[str, Any]:
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from service.dev_identity import ensure_dev_keys
 
+    if PATIENT_ROLE in args.role and not args.patient_id:
+        print(
+            "careplan token: a patient token needs --patient-id (the service refuses one without)",
+            file=sys.stderr,
+        )
+        return 2
     keys = ensure_dev_keys(Path(settings.dev_dir) / "keys")
     print(
         keys.mint(

@@ -17,10 +17,9 @@ import nats
 from aiohttp import web
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
-from nats.errors import MaxPayloadError
-from nats.js.errors import NoStreamResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from handlers.event_publisher import JetStreamEventPublisher
 from handlers.nats_consumer import (
     COMMAND_CONSUMER,
     COMMAND_STREAM,
@@ -32,16 +31,17 @@ from handlers.nats_consumer import (
 )
 from handlers.pipeline import CommandProcessor
 from handlers.ports import UpstreamServices
+from handlers.reply_subjects import UnsafeReplyPrefix
 from integrations.identity import JwksSource, JwtVerifier
 from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
 from service.http import create_http_app
 from service.scheduler import Scheduler, utc_now
 from service.scrape_gauges import watch_at_scrape
 from service.settings import Settings
-from service.telemetry import CommandTelemetry, ServiceMetrics
+from service.telemetry import CommandTelemetry, JwksTelemetry, ServiceMetrics
 from service.topology import ensure_topology
 from storage.database import create_engine
-from storage.outbox_relay import OutboxRelay, PermanentPublishError, RelaySettings
+from storage.outbox_relay import OutboxRelay, RelaySettings
 from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.schedule_store import SqlScheduleStore
 from storage.unit_of_work import SqlUnitOfWork
@@ -107,6 +107,10 @@ async def start_service(settings: Settings) -> RunningService:
     missing = settings.missing_for_serve()
     if missing:
         raise StartupRefused(f"missing configuration: {', '.join(missing)}")
+    try:
+        replies = settings.reply_subjects()
+    except UnsafeReplyPrefix as exc:
+        raise StartupRefused(f"CAREPLAN_REPLY_SUBJECT_PREFIXES: {exc}") from exc
     assert settings.database_url and settings.system_database_url and settings.jwks_url
     runtime_engine = create_engine(settings.database_url, pool_size=settings.workers + 4)
     system_engine = create_engine(
@@ -127,13 +131,17 @@ async def start_service(settings: Settings) -> RunningService:
         backoff_max_s=settings.nak_backoff_max_s,
         workers=settings.workers,
     )
-    verifier = JwtVerifier(
-        JwksSource(settings.jwks_url), issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
+    metrics = ServiceMetrics()
+    signing_keys = JwksSource(
+        settings.jwks_url,
+        ttl_s=settings.jwks_cache_ttl_s,
+        max_stale_s=settings.jwks_max_stale_s,
+        observer=JwksTelemetry(metrics),
     )
+    verifier = JwtVerifier(signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None)
     stopping, connection_lost = asyncio.Event(), asyncio.Event()
     relay_events = _NatsEvents("relay", stopping, connection_lost)
     command_events = _NatsEvents("commands", stopping, connection_lost)
-    metrics = ServiceMetrics()
     telemetry = CommandTelemetry(metrics)
     nc = await nats.connect(
         servers=settings.nats_servers(),
@@ -157,13 +165,7 @@ async def start_service(settings: Settings) -> RunningService:
         observer=telemetry,
     )
 
-    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        try:
-            await js.publish(subject, payload, headers=headers, timeout=5.0)
-        except (MaxPayloadError, NoStreamResponseError) as exc:
-            raise PermanentPublishError(str(exc)) from exc
-        metrics.events_published.inc()
-
+    publish = JetStreamEventPublisher(nc, on_published=metrics.events_published.inc)
     relay = OutboxRelay(system_engine, publish, RelaySettings(poll_interval_s=settings.relay_poll_interval_s))
 
     # FastStream's per-message "Received"/"Processed" lines at DEBUG: two INFO lines per delivery drown the
@@ -180,11 +182,15 @@ async def start_service(settings: Settings) -> RunningService:
         closed_cb=command_events.closed,
     )
     drain = Drain()
-    command_subscriber = register_command_consumer(broker, processor, policy, telemetry, drain=drain)
+    command_subscriber = register_command_consumer(
+        broker, processor, policy, telemetry, drain=drain, replies=replies
+    )
     register_outcome_query(
         broker,
         verifier,
         lambda tenant_id, command_id: read_command_outcome(runtime_engine, tenant_id, command_id),
+        replies=replies,
+        observer=telemetry,
     )
 
     async def readiness() -> dict[str, bool]:
@@ -212,7 +218,9 @@ async def start_service(settings: Settings) -> RunningService:
         await readiness()  # sets careplan_ready
 
     metrics.on_scrape("readiness", refresh_readiness)
-    watch_at_scrape(metrics, js=js, system_engine=system_engine, relay=relay, upstream=upstream)
+    watch_at_scrape(
+        metrics, js=js, system_engine=system_engine, relay=relay, upstream=upstream, signing_keys=signing_keys
+    )
 
     app = create_http_app(
         runtime_engine,

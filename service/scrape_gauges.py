@@ -1,7 +1,10 @@
 """The gauges of state kept elsewhere (the outbox in Postgres, the consumer and the DLQ in JetStream, the
-relay's leadership, the upstream circuits), read when Prometheus scrapes rather than polled."""
+relay's leadership, the upstream circuits, the signing keys' age), read when Prometheus scrapes rather than
+polled."""
 
 from __future__ import annotations
+
+import math
 
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -9,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DLQ_STREAM
 from handlers.ports import UpstreamServices
 from integrations.circuit_breaker import CircuitState
+from integrations.identity import JwksSource
 from integrations.upstream import circuit_states
 from service.telemetry import ServiceMetrics
 from storage.outbox_relay import OutboxRelay, outbox_backlog
@@ -23,6 +27,7 @@ def watch_at_scrape(
     system_engine: AsyncEngine,
     relay: OutboxRelay,
     upstream: UpstreamServices | None,
+    signing_keys: JwksSource,
 ) -> None:
     async def outbox() -> None:
         backlog = await outbox_backlog(system_engine)
@@ -44,6 +49,8 @@ def watch_at_scrape(
         metrics.relay_leader.set(1 if relay.is_leader else 0)
         for service, state in (circuit_states(upstream) if upstream else {}).items():
             metrics.upstream_circuit.labels(service).set(0 if state is CircuitState.CLOSED else 1)
+        keys_age_s = signing_keys.keys_age_s()
+        metrics.jwks_age.set(math.nan if keys_age_s is None else keys_age_s)
 
     for source, refresh in (("outbox", outbox), ("consumer", consumer), ("dlq", dlq), ("process", process)):
         metrics.on_scrape(source, refresh)

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.access import ALL_WRITES, DEFAULT_ROLE_PERMISSIONS
 from domain.code_checks import ICD_10_CM, LOINC, SNOMED_CT
+from handlers.reply_subjects import DEFAULT_REPLY_PREFIXES, ReplySubjects
 
 
 class Settings(BaseSettings):
@@ -30,6 +31,14 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str | None = Field(default=None, description="expected `iss` (checked when set)")
     jwt_audience: str | None = Field(default="care-plan-service", description="expected `aud`")
+    jwks_cache_ttl_s: float = Field(
+        default=300, gt=0, description="seconds the JWKS signing keys are used before they are fetched again"
+    )
+    jwks_max_stale_s: float = Field(
+        default=3600,
+        ge=0,
+        description="seconds past their cache time the keys still verify while the JWKS is unreadable",
+    )
     upstream_mode: Literal["nats", "off"] | None = Field(
         default=None, description="ask upstream services (nats) or accept ids as given (off)"
     )
@@ -64,6 +73,10 @@ class Settings(BaseSettings):
     terminology_systems: str = Field(
         default=f"{SNOMED_CT},{LOINC},{ICD_10_CM}",
         description="comma-separated code systems whose codings terminology validates",
+    )
+    reply_subject_prefixes: str = Field(
+        default=",".join(DEFAULT_REPLY_PREFIXES),
+        description="comma-separated subject prefixes replies may go to (never careplan.*, $*, upstream)",
     )
     # Operational knobs beyond the contract's list.
     workers: int = Field(default=8, ge=1, le=256, description="commands processed concurrently")
@@ -134,6 +147,17 @@ class Settings(BaseSettings):
 
     def terminology_system_set(self) -> frozenset[str]:
         return frozenset(s.strip() for s in self.terminology_systems.split(",") if s.strip())
+
+    def reply_subjects(self) -> ReplySubjects:
+        """The reply rule; `UnsafeReplyPrefix` when a configured prefix reaches a platform subject."""
+        upstream = (
+            self.upstream_registration_subject,
+            self.upstream_scheduling_subject,
+            self.upstream_providers_subject,
+            self.upstream_terminology_subject,
+        )
+        prefixes = [p for p in self.reply_subject_prefixes.split(",") if p.strip()]
+        return ReplySubjects.allowing(prefixes, upstream)
 
     def nats_servers(self) -> list[str]:
         return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]

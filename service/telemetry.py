@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -61,6 +62,12 @@ class ServiceMetrics:
             ["command"],
             registry=r,
         )
+        self.replies_refused = Counter(
+            "careplan_replies_refused",
+            "Replies not sent because their subject is not an allowed inbox (kind: command or query)",
+            ["kind", "reason"],
+            registry=r,
+        )
         self.dlq_messages = Gauge("careplan_dlq_messages", "Messages in the CAREPLAN_DLQ stream", registry=r)
         self.consumer_pending = Gauge(
             "careplan_consumer_pending", "Commands in the stream not yet delivered to any worker", registry=r
@@ -111,6 +118,21 @@ class ServiceMetrics:
             ["service"],
             registry=r,
         )
+        self.jwks_refreshes = Counter(
+            "careplan_jwks_refreshes",
+            "Fetches of identity-service's JWKS, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self.jwks_refreshes.labels(outcome)  # a failure rate of 0 is a series, not a gap
+        self.jwks_age = Gauge(
+            "careplan_jwks_age_seconds",
+            "Seconds since identity-service's JWKS last answered: the age of the keys verifying tokens "
+            "(NaN before the first fetch)",
+            registry=r,
+        )
+        self.jwks_age.set(math.nan)
         self.ready = Gauge("careplan_ready", "1 while /readyz would answer 200", registry=r)
         self.scrape_errors = Counter(
             "careplan_scrape_errors",
@@ -179,3 +201,16 @@ class CommandTelemetry:
 
     def command_dead_lettered(self, command: str) -> None:
         self._metrics.dead_letters.labels(command).inc()
+
+    def reply_refused(self, kind: str, reason: str) -> None:
+        self._metrics.replies_refused.labels(kind, reason).inc()
+
+
+class JwksTelemetry:
+    """The JwksObserver of a running service: counts the key set's fetches (JwksSource logs them)."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def jwks_refreshed(self, outcome: str) -> None:
+        self._metrics.jwks_refreshes.labels(outcome).inc()

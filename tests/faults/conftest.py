@@ -54,3 +54,10 @@ async def lab_with_own_postgres(
     with EmbeddedPostgres(lab_dir / "pg") as postgres:
         async with fault_lab(postgres_server_url, keys, lab_dir, own_postgres=postgres) as lab:
             yield lab, postgres
+
+
+@pytest.fixture
+async def cluster_lab(postgres_server_url: str, keys: DevKeys, lab_dir: Path) -> AsyncIterator[Lab]:
+    """A lab whose NATS is a three-node cluster (`lab.cluster`), JetStream on every node."""
+    async with fault_lab(postgres_server_url, keys, lab_dir, nats_nodes=3) as running:
+        yield running

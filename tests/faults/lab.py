@@ -1,5 +1,6 @@
-"""A fault lab: a nats-server and a database of the test's own, and `careplan serve` as real processes, so a
-test may kill, stop and restart any of them without disturbing the session's servers or other tests.
+"""A fault lab: a nats-server (or a three-node cluster) and a database of the test's own, and
+`careplan serve` as real processes, so a test may kill, stop and restart any of them without disturbing the
+session's servers or other tests.
 
 The lab's Postgres is the session's server (a fresh database on it) unless the test needs to stop
 Postgres itself; then it is an embedded server of the lab's own.
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -32,6 +32,8 @@ from service.embedded import EmbeddedNats, EmbeddedPostgres
 from storage.database import create_engine, drop_database, ensure_database
 from storage.migrate import migrate
 from tests.conftest import DatabaseUrls, database_urls
+from tests.faults.cluster import NatsCluster
+from tests.faults.cluster import free_port as free_port  # the lab's tests take it from here
 
 CAREPLAN = Path(sys.executable).parent / "careplan"
 READY = "care-plan-service ready: HTTP "
@@ -55,12 +57,6 @@ def json_record(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and "time" in record else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -122,15 +118,21 @@ class ServeProcess:
 @dataclass
 class Lab:
     workdir: Path
-    nats: EmbeddedNats
+    nats: EmbeddedNats  # the server; in a cluster lab, the cluster's first node
     database: DatabaseUrls
     keys: DevKeys
     processes: list[ServeProcess] = field(default_factory=list)
+    cluster: NatsCluster | None = None
+
+    @property
+    def nats_url(self) -> str:
+        """What the service and callers connect to: every node of a cluster, comma separated."""
+        return self.cluster.urls if self.cluster is not None else self.nats.url
 
     def serve(self, name: str, **settings: object) -> ServeProcess:
         """Start `careplan serve` (flags as CAREPLAN_* variables; the lab's fast-retry defaults)."""
         values: dict[str, object] = {
-            "nats_url": self.nats.url,
+            "nats_url": self.nats_url,
             "database_url": self.database.runtime,
             "system_database_url": self.database.system,
             "jwks_url": self.keys.jwks_url,
@@ -161,7 +163,10 @@ class Lab:
     async def connect(self) -> NatsClient:
         """A caller's connection that rides out a nats-server restart."""
         return await nats.connect(
-            self.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="lab-caller"
+            servers=self.nats_url.split(","),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            name="lab-caller",
         )
 
     async def scalar(self, sql: str, **params: object) -> Any:
@@ -197,21 +202,35 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def fault_lab(
-    postgres_server_url: str, keys: DevKeys, workdir: Path, *, own_postgres: EmbeddedPostgres | None = None
+    postgres_server_url: str,
+    keys: DevKeys,
+    workdir: Path,
+    *,
+    own_postgres: EmbeddedPostgres | None = None,
+    nats_nodes: int = 1,
 ) -> AsyncIterator[Lab]:
-    """The lab's servers, database and schema; everything it started is stopped on the way out."""
+    """The lab's servers, database and schema; everything it started is stopped on the way out. With
+    `nats_nodes` > 1, a nats-server cluster (JetStream on every node) instead of one server."""
     server_url = own_postgres.url() if own_postgres is not None else postgres_server_url
     name = f"careplan_lab_{uuid.uuid4().hex[:10]}"
     await ensure_database(server_url, name)
     database = database_urls(server_url, name)
     await migrate(database.admin, database.runtime, database.system)
-    nats_server = EmbeddedNats(workdir / "nats", port=free_port())
-    nats_server.start()
-    lab = Lab(workdir, nats_server, database, keys)
+    cluster = NatsCluster(workdir / "nats", nats_nodes) if nats_nodes > 1 else None
+    nats_server = (
+        cluster.nodes[0].server if cluster is not None else EmbeddedNats(workdir / "nats", free_port())
+    )
+    lab = Lab(workdir, nats_server, database, keys, cluster=cluster)
     try:
+        if cluster is not None:
+            cluster.start()
+        else:
+            nats_server.start()
         yield lab
     finally:
         lab.stop_all()
+        if cluster is not None:
+            cluster.stop()
         nats_server.stop()
         if own_postgres is None:
             await drop_database(server_url, name)

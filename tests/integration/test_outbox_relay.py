@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -45,35 +47,71 @@ async def test_a_row_committed_after_a_later_row_is_still_published(
     assert early["_headers"]["Nats-Msg-Id"] == str(early_id)
 
 
-async def test_a_row_no_stream_takes_is_parked_and_does_not_block_the_rest(
+async def test_a_row_no_stream_takes_is_parked_at_once_saying_so_and_does_not_block_the_rest(
     service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
 ) -> None:
     async with admin_engine.begin() as conn:
         bad_id = await insert_outbox_row(conn, tenant, f"careplan.nowhere.{tenant}")
     async with admin_engine.begin() as conn:
         await insert_outbox_row(conn, tenant, f"careplan.evt.{tenant}.test.after")
-    # The rest goes out (rows of other resources are not held up by it, not even while it is retried)
+    # The rest goes out (rows of other resources are not held up by it)
     await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.test.after", timeout=20)
-    async with asyncio.timeout(20):
+    parked = await parked_row(admin_engine, bad_id)
+    assert parked.attempts == 1
+    assert parked.published_at is None
+    assert parked.last_error == f"no stream takes subject 'careplan.nowhere.{tenant}'"
+
+
+async def test_a_row_with_an_invalid_subject_is_parked_at_once_and_other_tenants_events_go_out(
+    service: RunningService, nc: NatsClient, admin_engine: AsyncEngine
+) -> None:
+    """Once taken for a broker outage: the relay backed off to 30 s, never parked the row, and every
+    tenant's events stalled behind it."""
+    bad_tenant, *tenants = [f"t{uuid.uuid4().hex[:12]}" for _ in range(4)]
+    # Given a row whose subject no NATS server takes, committed together with other tenants' rows
+    async with admin_engine.begin() as conn:
+        bad_id = await insert_outbox_row(conn, bad_tenant, f"careplan.evt.{bad_tenant}.test.line\nbreak")
+        for other in tenants:
+            await insert_outbox_row(conn, other, f"careplan.evt.{other}.test.same-batch")
+    # Then it is parked on its first attempt, with what is wrong with its subject
+    parked = await parked_row(admin_engine, bad_id)
+    assert parked.attempts == 1
+    assert parked.last_error.startswith(f"invalid subject 'careplan.evt.{bad_tenant}.test.line\\nbreak'")
+    assert "token 5 contains '\\n'" in parked.last_error
+    # And the other tenants' rows of that batch are published
+    for other in tenants:
+        await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{other}.test.same-batch", timeout=20)
+    # And rows committed after it go out one by one, each well within what a back-off would take
+    for n, other in enumerate(tenants * 2):
+        async with admin_engine.begin() as conn:
+            await insert_outbox_row(conn, other, f"careplan.evt.{other}.test.after-{n}")
+        await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{other}.test.after-{n}", timeout=10)
+
+
+@dataclass(frozen=True)
+class ParkedRow:
+    attempts: int
+    last_error: str
+    published_at: datetime | None
+
+
+async def parked_row(engine: AsyncEngine, event_id: uuid.UUID, timeout: float = 20.0) -> ParkedRow:
+    """The outbox row of `event_id` once the relay has parked it."""
+    async with asyncio.timeout(timeout):
         while True:
-            async with admin_engine.connect() as conn:
+            async with engine.connect() as conn:
                 row = (
                     await conn.execute(
                         text(
-                            "SELECT attempts, parked_at IS NOT NULL, published_at, last_error "
-                            "FROM outbox WHERE event_id = :e"
+                            "SELECT attempts, last_error, published_at FROM outbox "
+                            "WHERE event_id = :e AND parked_at IS NOT NULL"
                         ),
-                        {"e": bad_id},
+                        {"e": event_id},
                     )
-                ).one()
-            if row[1]:
-                break
+                ).one_or_none()
+            if row is not None:
+                return ParkedRow(attempts=row[0], last_error=row[1], published_at=row[2])
             await asyncio.sleep(0.05)
-    attempts, parked, published_at, last_error = row
-    assert parked is True
-    assert attempts == 10
-    assert published_at is None
-    assert last_error
 
 
 async def test_only_one_relay_leads(service: RunningService, admin_engine: AsyncEngine) -> None:

@@ -80,8 +80,9 @@ async def test_a_poison_command_is_delivered_max_deliver_times_with_back_off_the
         backoff_max_s=settings.nak_backoff_max_s,
         workers=settings.workers,
     )
-    # The back-off after each delivery but the last: 1 s, 2 s, 4 s … capped (1 s, 1 s in the test service).
-    delays = [policy.nak_delay(delivered) for delivered in range(1, policy.max_deliver)]
+    # The back-off after each delivery but the last, at its shortest (the jitter adds up to as much again):
+    # 0.5 s, 1 s, 2 s … capped (0.5 s, 0.5 s in the test service).
+    delays = [policy.nak_delay(delivered, draw=lambda: 0.0) for delivered in range(1, policy.max_deliver)]
     fault = f"poison_{tenant}"
     counter = f"{fault}_attempts"
     stamps = [f"{fault}_at_{n}" for n in range(1, SLOTS + 1)]
