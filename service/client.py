@@ -11,6 +11,7 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from handlers.queries import QUERY_SUBJECT
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 
 
@@ -48,11 +49,30 @@ async def send_command(
             headers["Authorization"] = f"Bearer {token}"
         if correlation_id:
             headers["correlation_id"] = correlation_id
-        await nc.jetstream().publish(
+        ack = await nc.jetstream().publish(
             COMMAND_SUBJECT_PREFIX + command, payload, headers=headers, timeout=timeout
         )
+        if ack.duplicate and message_id:
+            # The stream dropped it as a re-send within its duplicate window: no reply will come.
+            return await _outcome_of(nc, message_id, token, timeout)
         msg = await asyncio.wait_for(future, timeout)
         reply: dict[str, Any] = orjson.loads(msg.data)
         return reply
     finally:
         await sub.unsubscribe()
+
+
+async def _outcome_of(nc: NatsClient, command_id: str, token: str | None, timeout: float) -> dict[str, Any]:
+    """The stored outcome of a command the stream took as a duplicate. NOT_FOUND while the first copy is
+    still queued, so asked again until `timeout`; NOT_FOUND to the end means the id was someone else's
+    (the duplicate window is stream-wide): send again under a new command id."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = orjson.dumps({"command_id": command_id})
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await nc.request(QUERY_SUBJECT, request, timeout=timeout, headers=headers)
+        outcome: dict[str, Any] = orjson.loads(answer.data)
+        not_found = (outcome.get("error") or {}).get("code") == "NOT_FOUND"
+        if not not_found or asyncio.get_running_loop().time() >= deadline:
+            return outcome
+        await asyncio.sleep(0.2)

@@ -354,7 +354,8 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
 async def serve_until_signalled(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT (exit code 0) or a NATS connection is lost for good (1), then drain."""
     service = await start_service(settings)
-    print(f"care-plan-service ready: HTTP {service.http_url}, NATS {settings.nats_url}", flush=True)
+    nats_shown = settings.nats_servers_shown()
+    print(f"care-plan-service ready: HTTP {service.http_url}, NATS {nats_shown}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

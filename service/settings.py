@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -162,6 +163,10 @@ class Settings(BaseSettings):
     def nats_servers(self) -> list[str]:
         return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]
 
+    def nats_servers_shown(self) -> str:
+        """The NATS URLs as they may be printed and logged: a password in one is replaced by `***`."""
+        return ",".join(_without_password(url) for url in self.nats_servers())
+
     def missing_for_serve(self) -> list[str]:
         required = {
             "CAREPLAN_NATS_URL": self.nats_url,
@@ -170,3 +175,12 @@ class Settings(BaseSettings):
             "CAREPLAN_JWKS_URL": self.jwks_url,
         }
         return [name for name, value in required.items() if not value]
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host_and_port = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host_and_port}"))

@@ -61,3 +61,12 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_code_2(
     assert line.startswith(
         "careplan: invalid configuration: CAREPLAN_LOG_LEVEL (--log-level): Input should be 'DEBUG'"
     )
+
+
+def test_nats_passwords_never_reach_the_ready_line() -> None:
+    settings = Settings(
+        nats_url="nats://careplan:s3cret@nats-1:4222, nats://nats-2:4222,nats://u:p@[::1]:4222"
+    )
+    shown = settings.nats_servers_shown()
+    assert shown == "nats://careplan:***@nats-1:4222,nats://nats-2:4222,nats://u:***@[::1]:4222"
+    assert "s3cret" not in shown
