@@ -62,16 +62,25 @@ async def send_command(
         await sub.unsubscribe()
 
 
+async def ask_outcome(
+    nc: NatsClient, command_id: str, token: str | None, *, timeout: float = 10.0
+) -> dict[str, Any]:
+    """`careplan.query.command`: the stored reply of a command (or the query's own error reply)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = await nc.request(
+        QUERY_SUBJECT, orjson.dumps({"command_id": command_id}), timeout=timeout, headers=headers
+    )
+    outcome: dict[str, Any] = orjson.loads(answer.data)
+    return outcome
+
+
 async def _outcome_of(nc: NatsClient, command_id: str, token: str | None, timeout: float) -> dict[str, Any]:
     """The stored outcome of a command the stream took as a duplicate. NOT_FOUND while the first copy is
     still queued, so asked again until `timeout`; NOT_FOUND to the end means the id was someone else's
     (the duplicate window is stream-wide): send again under a new command id."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = orjson.dumps({"command_id": command_id})
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        answer = await nc.request(QUERY_SUBJECT, request, timeout=timeout, headers=headers)
-        outcome: dict[str, Any] = orjson.loads(answer.data)
+        outcome = await ask_outcome(nc, command_id, token, timeout=timeout)
         not_found = (outcome.get("error") or {}).get("code") == "NOT_FOUND"
         if not not_found or asyncio.get_running_loop().time() >= deadline:
             return outcome

@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DLQ_STREAM
 from handlers.queries import QUERY_SUBJECT
 from integrations.upstream import UpstreamSubjects
-from service.client import envelope, send_command
+from service.client import ask_outcome, envelope, send_command
 from service.dev_identity import DevKeys
 from service.embedded import EmbeddedNats
 from service.topology import AUDIT_STREAM, EVENT_STREAM, STREAMS
@@ -282,17 +282,6 @@ def plan() -> dict[str, Any]:
         "author_id": "dr-a",
         "addresses": [{"coding": [DIABETES]}],
     }
-
-
-async def ask_outcome(nc: NatsClient, command_id: str, token: str) -> dict[str, Any]:
-    msg = await nc.request(
-        QUERY_SUBJECT,
-        orjson.dumps({"command_id": command_id}),
-        timeout=10,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    outcome: dict[str, Any] = orjson.loads(msg.data)
-    return outcome
 
 
 # --------------------------------------------------------------------------- the service's own work

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from handlers.queries import QUERY_SUBJECT
+from service.client import ask_outcome
 from service.dev_identity import DevKeys
 from service.runner import RunningService
 from tests.integration.commands import Caller
@@ -111,13 +110,7 @@ async def test_a_patient_token_without_a_patient_id_reads_nothing(
         status, body = await fhir_get(f"{walls.base}/{path}", token)
         assert status == 401, (path, body)
         assert body["resourceType"] == "OperationOutcome"
-    answer = await nc.request(
-        QUERY_SUBJECT,
-        orjson.dumps({"command_id": walls.create_command}),
-        timeout=5,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert orjson.loads(answer.data)["error"]["code"] == "UNAUTHENTICATED"
+    assert (await ask_outcome(nc, walls.create_command, token))["error"]["code"] == "UNAUTHENTICATED"
 
 
 async def test_a_tenant_id_with_a_trailing_newline_is_refused(
@@ -213,13 +206,7 @@ async def test_the_audit_of_a_hidden_plans_parts_is_hidden(walls: Walls) -> None
 
 
 async def test_a_patient_token_may_not_read_command_outcomes(walls: Walls, nc: NatsClient) -> None:
-    answer = await nc.request(
-        QUERY_SUBJECT,
-        orjson.dumps({"command_id": walls.create_command}),
-        timeout=5,
-        headers={"Authorization": f"Bearer {walls.patient}"},
-    )
-    assert orjson.loads(answer.data)["error"]["code"] == "FORBIDDEN"
+    assert (await ask_outcome(nc, walls.create_command, walls.patient))["error"]["code"] == "FORBIDDEN"
     url = walls.base.removesuffix("/fhir") + f"/api/v1/commands/{walls.create_command}"
     async with aiohttp.ClientSession() as http:
         async with http.get(url, headers={"Authorization": f"Bearer {walls.patient}"}) as response:

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from handlers.queries import QUERY_SUBJECT
 from schemas.commands import COMMAND_SUBJECT_PREFIX
-from service.client import envelope
+from service.client import ask_outcome, envelope
 from service.runner import RunningService
 from tests.conftest import TokenFactory
 
@@ -40,17 +40,6 @@ async def listen(nc: NatsClient, subject: str) -> list[Msg]:
     await nc.subscribe(subject, cb=keep)
     await nc.flush()
     return seen
-
-
-async def outcome(nc: NatsClient, token: str, command_id: str) -> dict[str, object]:
-    answer = await nc.request(
-        QUERY_SUBJECT,
-        orjson.dumps({"command_id": command_id}),
-        timeout=5,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    loaded: dict[str, object] = orjson.loads(answer.data)
-    return loaded
 
 
 @pytest.mark.parametrize(
@@ -82,7 +71,7 @@ async def test_a_reply_to_outside_the_inboxes_gets_nothing_yet_the_command_is_ap
 
     async def answered() -> dict[str, object]:
         while True:
-            stored = await outcome(nc, token, command_id)
+            stored = await ask_outcome(nc, command_id, token)
             if stored.get("ok"):
                 return stored
             await asyncio.sleep(0.05)
