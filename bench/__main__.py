@@ -25,9 +25,10 @@ from bench.infra import ROOT, Servers, servers
 from bench.reads import run_reads
 from bench.report import render
 from bench.scale import run_scale
+from bench.topologies import run_topologies
 from bench.worst_search import run_worst_search
 
-SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search")
+SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies")
 
 
 def main() -> None:
@@ -81,6 +82,13 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             replicas=args.replicas,
         ),
         "worst-search": lambda: run_worst_search(running),
+        "topologies": lambda: run_topologies(
+            running,
+            concurrency=args.concurrency,
+            total=args.commands,
+            workers=args.workers,
+            read_seconds=args.read_seconds,
+        ),
     }
     results: dict[str, Any] = {"scenarios": {}}
     for scenario in chosen:

@@ -189,8 +189,9 @@ def _ratio(run: Run, baseline: Run) -> float:
 
 
 @contextlib.asynccontextmanager
-async def command_client(servers: Servers) -> AsyncIterator[CommandClient]:
-    nc: NatsClient = await nats.connect(servers.nats_url)
+async def command_client(servers: Servers, nats_url: str | None = None) -> AsyncIterator[CommandClient]:
+    """A caller's connection to the run's nats-server, or to `nats_url` (a cluster's, comma separated)."""
+    nc: NatsClient = await nats.connect(servers=(nats_url or servers.nats_url).split(","))
     client = CommandClient(nc)
     await client.start()
     try:

@@ -20,6 +20,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_relay(scenarios["relay"]))
     if "worst-search" in scenarios:
         parts.append(_worst_search(scenarios["worst-search"]))
+    if "topologies" in scenarios:
+        parts.append(_topologies(scenarios["topologies"]))
     return "\n\n".join(parts)
 
 
@@ -60,6 +62,23 @@ def _commands(result: dict[str, Any]) -> str:
         f" (machine: {result['machine_cpu_cores_busy']} of its cores busy)",
     ]
     return "\n".join(lines)
+
+
+def _topologies(result: dict[str, Any]) -> str:
+    commands, reads = result["commands"], result["reads"]
+    return "\n".join(
+        [
+            f"topologies: the command mix, {commands['runs'][0]['concurrency']} in flight, one process",
+            _runs(commands["runs"]),
+            f"R3 cluster / R1 node: throughput {commands['ratio']:.2f}, p50 {commands['p50_ratio']:.2f}x",
+            f"reads: {reads['concurrency']} concurrent clients ({reads['tool']})",
+            _runs(reads["runs"]),
+            *(
+                f"{route} from the replica / from the primary: {ratio:.2f}"
+                for route, ratio in reads["ratios"].items()
+            ),
+        ]
+    )
 
 
 def _worst_search(result: dict[str, Any]) -> str:

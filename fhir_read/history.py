@@ -18,9 +18,10 @@ from domain.fhir import fhir_instant
 from domain.search_parameters import half_open_range
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.bundle import entry, outcome_entry, searchset
+from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.routes import ENGINE, VERIFIER, conditional_resource_response
+from fhir_read.routes import VERIFIER, conditional_resource_response
 from fhir_read.search import CURSOR_SECRET, base_url, prefers_lenient
 from fhir_read.search_query import MAX_COUNT, MAX_CRITERIA, MAX_OR_VALUES, MAX_PARAMETERS
 from storage.history_reads import (
@@ -88,13 +89,16 @@ async def vread_route(request: web.Request, principal: Principal) -> web.StreamR
     resource_type, resource_id, vid = _type_of(request), request.match_info["id"], request.match_info["vid"]
     found = None
     if _ID.fullmatch(resource_id) and _VERSION.fullmatch(vid):
-        found = await read_version(
-            request.app[ENGINE],
-            principal.tenant_id,
-            resource_type,
-            resource_id,
-            int(vid),
-            patient_id=principal.patient_id,
+        found = await read_reflecting(
+            request,
+            lambda engine: read_version(
+                engine,
+                principal.tenant_id,
+                resource_type,
+                resource_id,
+                int(vid),
+                patient_id=principal.patient_id,
+            ),
         )
     if found is None:
         return operation_outcome(404, f"{resource_type}/{resource_id}/_history/{vid} is not known")
@@ -125,15 +129,18 @@ async def _history(request: web.Request, principal: Principal, resource_id: str 
             after = HistoryKey(datetime.fromisoformat(moment), str(after_id), int(after_version))
         except (TypeError, ValueError) as exc:
             raise InvalidRequest("_cursor is not valid") from exc
-    versions = await read_history(
-        request.app[ENGINE],
-        principal.tenant_id,
-        resource_type,
-        resource_id,
-        since=since,
-        after=after,
-        limit=page.count + 1,
-        patient_id=principal.patient_id,
+    versions = await read_reflecting(
+        request,
+        lambda engine: read_history(
+            engine,
+            principal.tenant_id,
+            resource_type,
+            resource_id,
+            since=since,
+            after=after,
+            limit=page.count + 1,
+            patient_id=principal.patient_id,
+        ),
     )
     if versions is None:
         return operation_outcome(404, f"{resource_type}/{resource_id} is not known")
@@ -162,8 +169,11 @@ async def provenance_read_route(request: web.Request, principal: Principal) -> w
     provenance_id = request.match_info["id"]
     found = None
     if _ID.fullmatch(provenance_id):
-        found = await read_provenance(
-            request.app[ENGINE], principal.tenant_id, provenance_id, patient_id=principal.patient_id
+        found = await read_reflecting(
+            request,
+            lambda engine: read_provenance(
+                engine, principal.tenant_id, provenance_id, patient_id=principal.patient_id
+            ),
         )
     if found is None:
         return operation_outcome(404, f"Provenance/{provenance_id} is not known")
@@ -188,13 +198,16 @@ async def provenance_search_route(request: web.Request, principal: Principal) ->
             after = ProvenanceKey(datetime.fromisoformat(moment), str(after_id))
         except (TypeError, ValueError) as exc:
             raise InvalidRequest("_cursor is not valid") from exc
-    records = await search_provenance(
-        request.app[ENGINE],
-        principal.tenant_id,
-        search,
-        after=after,
-        limit=page.count + 1,
-        patient_id=principal.patient_id,
+    records = await read_reflecting(
+        request,
+        lambda engine: search_provenance(
+            engine,
+            principal.tenant_id,
+            search,
+            after=after,
+            limit=page.count + 1,
+            patient_id=principal.patient_id,
+        ),
     )
     entries = [entry(page.base, "Provenance", r.id, r.json_text, "match") for r in records[: page.count]]
     if params.ignored:

@@ -7,20 +7,21 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.consistency import READS, read_reflecting
 from fhir_read.outcome import FHIR_JSON, operation_outcome
 from handlers.ports import TokenVerifier
+from storage.read_routing import ReadRouter
 from storage.reads import READABLE_TABLES, StoredResource, read_resource
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-ENGINE = web.AppKey("fhir_engine", AsyncEngine)
 VERIFIER = web.AppKey("fhir_verifier", TokenVerifier)
 
 
-def add_fhir_routes(app: web.Application, engine: AsyncEngine, verifier: TokenVerifier) -> None:
-    app[ENGINE] = engine
+def add_fhir_routes(app: web.Application, reads: ReadRouter, verifier: TokenVerifier) -> None:
+    """`reads` says where each read runs: the replica, or the primary (fhir_read.consistency)."""
+    app[READS] = reads
     app[VERIFIER] = verifier
     from fhir_read.history import add_history_routes  # here: history.py imports this module's names
 
@@ -39,8 +40,11 @@ async def read_route(request: web.Request) -> web.StreamResponse:
     resource_id = request.match_info["id"]
     if not FHIR_ID.fullmatch(resource_id):
         return operation_outcome(404, f"{resource_type}/{resource_id[:64]!r} is not known")
-    found = await read_resource(
-        request.app[ENGINE], principal.tenant_id, resource_type, resource_id, patient_id=principal.patient_id
+    found = await read_reflecting(
+        request,
+        lambda engine: read_resource(
+            engine, principal.tenant_id, resource_type, resource_id, patient_id=principal.patient_id
+        ),
     )
     if found is None:
         # Another tenant's id, or a resource hidden from this patient, looks exactly like a missing one.

@@ -6,6 +6,7 @@ import os
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.access import Principal
 from domain.search import SearchQuery
@@ -13,9 +14,10 @@ from domain.search_parameters import SEARCHABLE_TYPES
 from fhir_read.auth import Unauthenticated, authenticate
 from fhir_read.bundle import entry, outcome_entry, searchset, subset
 from fhir_read.capability import add_capability_route
+from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.routes import ENGINE, VERIFIER
+from fhir_read.routes import VERIFIER
 from fhir_read.search_query import MAX_INCLUDED, MAX_SEARCH_BODY_BYTES, SearchError, parse_search
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
@@ -65,10 +67,14 @@ async def search_route(request: web.Request) -> web.StreamResponse:
                 return operation_outcome(413, f"a _search body takes at most {MAX_SEARCH_BODY_BYTES} bytes")
             params += form
         query, after = _query_and_position(request, resource_type, principal, params, lenient)
-        page = await run_search(
-            request.app[ENGINE], principal.tenant_id, query, patient_id=principal.patient_id, after=after
-        )
-        body = await _bundle(request, principal, query, page)
+
+        async def search_with_includes(engine: AsyncEngine) -> bytes:
+            page = await run_search(
+                engine, principal.tenant_id, query, patient_id=principal.patient_id, after=after
+            )
+            return await _bundle(request, engine, principal, query, page)
+
+        body = await read_reflecting(request, search_with_includes)
     except (SearchError, CursorError) as exc:
         return operation_outcome(400, str(exc))
     return web.Response(body=body, content_type=FHIR_JSON)
@@ -110,7 +116,9 @@ def _query_and_position(
     return query, ([decode_value(v) for v in payload["k"]], str(payload["i"]))
 
 
-async def _bundle(request: web.Request, principal: Principal, query: SearchQuery, page: Page) -> bytes:
+async def _bundle(
+    request: web.Request, engine: AsyncEngine, principal: Principal, query: SearchQuery, page: Page
+) -> bytes:
     base = base_url(request)
     resource_type = query.resource_type
     canonical = query.canonical()
@@ -140,7 +148,7 @@ async def _bundle(request: web.Request, principal: Principal, query: SearchQuery
         for m in page.matches
     ]
     entries += [
-        entry(base, t, i, body, "include") for t, i, body in await _included(request, principal, query, page)
+        entry(base, t, i, body, "include") for t, i, body in await _included(engine, principal, query, page)
     ]
     if query.ignored:
         entries.append(outcome_entry(query.ignored))
@@ -148,10 +156,11 @@ async def _bundle(request: web.Request, principal: Principal, query: SearchQuery
 
 
 async def _included(
-    request: web.Request, principal: Principal, query: SearchQuery, page: Page
+    engine: AsyncEngine, principal: Principal, query: SearchQuery, page: Page
 ) -> list[tuple[str, str, str]]:
-    """`_include` (one `:iterate` level) and `_revinclude`, each branch under the same patient filter."""
-    engine, tenant, patient = request.app[ENGINE], principal.tenant_id, principal.patient_id
+    """`_include` (one `:iterate` level) and `_revinclude`, each branch under the same patient filter, on the
+    engine the matches came from."""
+    tenant, patient = principal.tenant_id, principal.patient_id
     ids = [m.resource_id for m in page.matches]
     found: dict[tuple[str, str], str] = {}
     seen = {(query.resource_type, i) for i in ids}

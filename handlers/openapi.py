@@ -21,7 +21,7 @@ from handlers.rest_api import (
 )
 from schemas.commands import CONTRACT_VERSION
 from schemas.common import FhirId
-from schemas.replies import ResultBody
+from schemas.replies import POSITION_HEADER, ResultBody
 
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 _REF = "#/components/schemas/{model}"
@@ -133,6 +133,15 @@ def _responses(route: RestRoute) -> dict[str, Any]:
     common_headers = {
         "ETag": {"required": True, "schema": {"type": "string"}, "description": 'W/"<version>"'},
         "Idempotency-Key": {"required": True, "schema": {"type": "string", "format": "uuid"}},
+        POSITION_HEADER: {
+            "required": True,
+            "schema": {"type": "string"},
+            "description": (
+                "The commit's WAL position (the body's `position`), opaque. Send it as the "
+                f"`{POSITION_HEADER}` header of a FHIR read (`/fhir/…`) and that read reflects this change "
+                "or a later state, from a replica once it has replayed that far, else from the primary."
+            ),
+        },
     }
     success = {
         "description": "Done",

@@ -251,7 +251,7 @@ class CommandProcessor:
                 correlation_id=incoming.correlation_id,
             )
             await uow.commit()
-            return reply
+            return reply.at_position(uow.commit_position)
 
 
 @dataclass(slots=True)
@@ -264,14 +264,20 @@ class _Seen:
 
 
 def _answer_again(stored: StoredOutcome, request_hash: str) -> Reply:
-    """A command id seen before: its stored reply, if it is the same command with the same body."""
+    """A command id seen before: its stored reply, if it is the same command with the same body. The
+    outcome was stored before its commit's position existed; the position now is at or after it."""
     if stored.request_hash != request_hash:
         raise Rejection(
             ErrorCode.IDEMPOTENCY_KEY_REUSED,
             "this command_id was already used with another command or body",
             {"command_type": stored.command_type},
         )
-    return Reply.model_validate(stored.outcome)
+    return answer_from_log(stored)
+
+
+def answer_from_log(stored: StoredOutcome) -> Reply:
+    """A stored outcome as a reply again, carrying the position it was read at (CONTRACT §11)."""
+    return Reply.model_validate(stored.outcome).at_position(stored.position)
 
 
 async def authenticate_headers(verifier: TokenVerifier, headers: Mapping[str, str]) -> Principal:

@@ -25,12 +25,14 @@ class TokenVerifier(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StoredOutcome:
-    """A command's recorded outcome in the command log."""
+    """A command's recorded outcome in the command log, and the WAL position when it was read (at or after
+    the command's commit: the outcome is visible), for the answer's `result.position`."""
 
     command_type: str
     request_hash: str
     status: int
     outcome: dict[str, Any]
+    position: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class UnitOfWork(Protocol):
 
     tenant_id: str
     has_written: bool  # current rows were written in this transaction
+    commit_position: str | None  # after commit(): a WAL position at or after the commit (CONTRACT §11)
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: Any) -> None: ...

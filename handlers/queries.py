@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import orjson
 
 from domain.access import Principal
 from handlers.errors import ErrorCode, Rejection
-from handlers.pipeline import authenticate_headers, error_reply
-from handlers.ports import TokenVerifier
+from handlers.pipeline import answer_from_log, authenticate_headers, error_reply
+from handlers.ports import StoredOutcome, TokenVerifier
 from schemas.replies import Reply
 
 QUERY_SUBJECT = "careplan.query.command"
-OutcomeReader = Callable[[str, uuid.UUID], Awaitable[dict[str, Any] | None]]  # (tenant, command id) → outcome
+OutcomeReader = Callable[[str, uuid.UUID], Awaitable[StoredOutcome | None]]  # (tenant, command id) → outcome
 
 
 async def command_outcome(
@@ -35,19 +34,18 @@ async def command_outcome(
                 'the body must be {"command_id": "<uuid>"}',
                 {"errors": [{"path": "command_id", "message": str(exc)}]},
             ) from exc
-        return Reply.model_validate(await stored_outcome(principal, parsed, read_outcome))
+        return await stored_outcome(principal, parsed, read_outcome)
     except Rejection as rejection:
         return error_reply(command_id, rejection)
 
 
-async def stored_outcome(
-    principal: Principal, command_id: uuid.UUID, read_outcome: OutcomeReader
-) -> dict[str, Any]:
-    """The outcome a command of the caller's tenant got (NATS query and HTTP alike). A patient token never
-    writes, so no outcome is its own, and another patient's would name their plan: FORBIDDEN."""
+async def stored_outcome(principal: Principal, command_id: uuid.UUID, read_outcome: OutcomeReader) -> Reply:
+    """The outcome a command of the caller's tenant got (NATS query and HTTP alike), with a position at or
+    after its commit. A patient token never writes, so no outcome is its own, and another patient's would
+    name their plan: FORBIDDEN."""
     if principal.is_patient:
         raise Rejection(ErrorCode.FORBIDDEN, "a patient token may not read command outcomes")
-    outcome = await read_outcome(principal.tenant_id, command_id)
-    if outcome is None:
+    stored = await read_outcome(principal.tenant_id, command_id)
+    if stored is None:
         raise Rejection(ErrorCode.NOT_FOUND, f"no command {command_id}")
-    return outcome
+    return answer_from_log(stored)

@@ -21,7 +21,7 @@ from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, IncomingCommand, parse_json_object, reject_unstorable
 from handlers.registry import COMMANDS, VersionCheck
 from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES
-from schemas.replies import Reply
+from schemas.replies import POSITION_HEADER, Reply
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,12 @@ def reply_response(reply: Reply, request: web.Request, fhir_base: str | None) ->
     result = reply.result
     response = web.Response(
         status=reply.status,
-        body=orjson.dumps(result.model_dump(mode="json")),
+        body=orjson.dumps(result.model_dump(mode="json", exclude_none=True)),
         content_type="application/json",
     )
     response.headers["ETag"] = f'W/"{result.version}"'
+    if result.position is not None:
+        response.headers[POSITION_HEADER] = result.position
     if reply.status == 201:
         base = (fhir_base or f"{request.url.origin()}/fhir").rstrip("/")
         response.headers["Location"] = f"{base}/{result.resource_type}/{result.id}"

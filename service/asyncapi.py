@@ -27,6 +27,7 @@ from handlers.nats_consumer import (
     register_outcome_query,
 )
 from handlers.pipeline import CommandProcessor
+from handlers.ports import StoredOutcome
 from handlers.queries import QUERY_SUBJECT
 from handlers.registry import COMMANDS, CommandSpec, VersionCheck
 from schemas.commands import COMMAND_SUBJECT_PREFIX, CONTRACT_VERSION, CommandEnvelope
@@ -329,5 +330,5 @@ def _not_serving(*_: object) -> NoReturn:
     raise RuntimeError(_NOT_SERVING)
 
 
-async def _no_outcome(tenant_id: str, command_id: uuid.UUID) -> dict[str, Any] | None:
+async def _no_outcome(tenant_id: str, command_id: uuid.UUID) -> StoredOutcome | None:
     raise RuntimeError(_NOT_SERVING)

@@ -230,10 +230,13 @@ class EmbeddedPostgres:
 
     Layout: <data_dir>/pgdata (PGDATA, 0700), <data_dir>/log/postgres.log and the
     Unix socket in <data_dir>/run (or /tmp/embpg-<hash> when that path is too long).
-    No TCP listener: only processes that can enter the private socket dir connect.
+    No TCP listener unless a `port` is given: then also 127.0.0.1:<port> (the socket is
+    named after it), as a second server beside this one needs, e.g. a streaming replica.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self._port = port if port is not None else _PG_PORT
+        self._listen_tcp = port is not None
         self._data_dir = Path(data_dir).expanduser().resolve()
         self._pgdata = self._data_dir / "pgdata"
         self._log_dir = self._data_dir / "log"
@@ -263,8 +266,13 @@ class EmbeddedPostgres:
 
     @property
     def socket_dir(self) -> Path:
-        """Directory holding .s.PGSQL.5432; pass it as libpq/asyncpg `host`."""
+        """Directory holding .s.PGSQL.<port>; pass it as libpq/asyncpg `host`."""
         return self._socket_dir
+
+    @property
+    def port(self) -> int:
+        """The server's port: its TCP port on 127.0.0.1 when it listens there, else 5432 (socket only)."""
+        return self._port
 
     @property
     def log_file(self) -> Path:
@@ -282,7 +290,8 @@ class EmbeddedPostgres:
         if password is not None:
             auth += ":" + quote(password, safe="")
         host = quote(str(self._socket_dir), safe="/")
-        return f"postgresql://{auth}@/{quote(database, safe='')}?host={host}"
+        port = f"&port={self._port}" if self._port != _PG_PORT else ""
+        return f"postgresql://{auth}@/{quote(database, safe='')}?host={host}{port}"
 
     # -- lifecycle
 
@@ -436,7 +445,8 @@ class EmbeddedPostgres:
 
     def _remove_stale_files(self) -> None:
         (self._pgdata / "postmaster.pid").unlink(missing_ok=True)
-        for name in (_PG_SOCKET, _PG_SOCKET + ".lock"):
+        socket = f".s.PGSQL.{self._port}"
+        for name in (socket, socket + ".lock"):
             (self._socket_dir / name).unlink(missing_ok=True)
 
     def _initdb(self) -> None:
@@ -476,9 +486,9 @@ class EmbeddedPostgres:
         offset = _log_size(self._log_file)
         options = " ".join(
             [
-                "-c listen_addresses=''",
+                "-c listen_addresses=" + ("127.0.0.1" if self._listen_tcp else "''"),
                 f"-k {shlex.quote(str(self._socket_dir))}",
-                f"-p {_PG_PORT}",
+                f"-p {self._port}",
                 "-c max_connections=200",
             ]
         )

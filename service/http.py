@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
+from fhir_read.consistency import position_header
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.search import add_search_routes
@@ -24,6 +25,7 @@ from handlers.ports import TokenVerifier
 from handlers.queries import stored_outcome
 from handlers.rest_api import CORRELATION_HEADER, add_command_routes
 from service.telemetry import ServiceMetrics
+from storage.read_routing import ReadRouter
 from storage.reads import read_command_outcome
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,19 @@ def create_http_app(
     relay_role: RelayRole = lambda: "off",
     processor: CommandProcessor | None = None,
     metrics: ServiceMetrics | None = None,
+    reads: ReadRouter | None = None,
 ) -> web.Application:
+    """`engine` is the primary's (command outcomes, and FHIR reads unless `reads` routes them elsewhere)."""
     metrics = metrics or ServiceMetrics()
-    app = web.Application(middlewares=[_observed, _errors_as_documents], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[_observed, _errors_as_documents, position_header], client_max_size=1024 * 1024
+    )
     app[_METRICS] = metrics
     app[_ENGINE] = engine
     app[_VERIFIER] = verifier
     app[_READINESS] = readiness
     app[_RELAY_ROLE] = relay_role
-    add_fhir_routes(app, engine, verifier)
+    add_fhir_routes(app, reads or ReadRouter(engine), verifier)
     add_search_routes(app, cursor_secret=cursor_secret, public_base_url=public_base_url)
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if processor is not None:
@@ -101,7 +107,7 @@ async def command_outcome_route(request: web.Request) -> web.Response:
     except Rejection as rejection:
         status = rejection.status
         return problem(status, HTTPStatus(status).phrase, code=rejection.code.value, detail=rejection.message)
-    return web.Response(body=orjson.dumps(outcome), content_type="application/json")
+    return web.Response(body=orjson.dumps(outcome.to_wire()), content_type="application/json")
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -38,10 +38,11 @@ from service.http import create_http_app
 from service.scheduler import Scheduler, utc_now
 from service.scrape_gauges import watch_at_scrape
 from service.settings import Settings
-from service.telemetry import CommandTelemetry, JwksTelemetry, ServiceMetrics
-from service.topology import ensure_topology
+from service.telemetry import CommandTelemetry, JwksTelemetry, ReadTelemetry, ServiceMetrics
+from service.topology import TopologyRefused, ensure_topology
 from storage.database import create_engine
 from storage.outbox_relay import OutboxRelay, RelaySettings
+from storage.read_routing import ReadRouter
 from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.schedule_store import SqlScheduleStore
 from storage.unit_of_work import SqlUnitOfWork
@@ -52,6 +53,12 @@ log = logging.getLogger(__name__)
 # FastStream cancels handlers still running this long after our own drain deadline (which should have
 # handed them back already).
 FASTSTREAM_GRACE_MARGIN_S = 5.0
+# A NATS node that stops dead without closing its sockets (a paused VM, a partition, SIGSTOP) is noticed only
+# by unanswered pings: nats-py's defaults (every 120 s, two outstanding) take up to six minutes, during which
+# the connection's commands and events stall. Every 5 s with two outstanding, the connection moves to a live
+# node within 15 s.
+NATS_PING_INTERVAL_S = 5
+NATS_MAX_OUTSTANDING_PINGS = 2
 
 
 class StartupRefused(RuntimeError):
@@ -76,6 +83,7 @@ class RunningService:
     relay_task: asyncio.Task[None] | None = None
     scheduler: Scheduler | None = None
     scheduler_task: asyncio.Task[None] | None = None
+    read_engine: AsyncEngine | None = None  # CAREPLAN_READ_DATABASE_URL's replica, when set
 
     @property
     def http_url(self) -> str:
@@ -101,6 +109,8 @@ class RunningService:
             await self.nc.drain()
         await self.runtime_engine.dispose()
         await self.system_engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()
 
 
 async def start_service(settings: Settings) -> RunningService:
@@ -116,13 +126,26 @@ async def start_service(settings: Settings) -> RunningService:
     system_engine = create_engine(
         settings.system_database_url, pool_size=4, application_name="careplan-relay"
     )
+    read_engine = (
+        create_engine(
+            settings.read_database_url, pool_size=settings.workers + 4, application_name="careplan-reads"
+        )
+        if settings.read_database_url
+        else None
+    )
     try:
         problem = await runtime_role_problem(runtime_engine)
         if problem:
             raise StartupRefused(f"refusing to start: {problem}")
+        # The replica has the primary's roles: the same role must be as bound by RLS there.
+        problem = await runtime_role_problem(read_engine) if read_engine is not None else None
+        if problem:
+            raise StartupRefused(f"refusing to start: CAREPLAN_READ_DATABASE_URL: {problem}")
     except BaseException:
         await runtime_engine.dispose()
         await system_engine.dispose()
+        if read_engine is not None:
+            await read_engine.dispose()
         raise
 
     policy = DeliveryPolicy(
@@ -147,13 +170,24 @@ async def start_service(settings: Settings) -> RunningService:
         servers=settings.nats_servers(),
         name="careplan-relay",
         max_reconnect_attempts=-1,
+        ping_interval=NATS_PING_INTERVAL_S,
+        max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
         error_cb=relay_events.error,
         disconnected_cb=relay_events.disconnected,
         reconnected_cb=relay_events.reconnected,
         closed_cb=relay_events.closed,
     )
     js = nc.jetstream()
-    await ensure_topology(js, policy)
+    try:
+        await ensure_topology(js, policy, replicas=settings.stream_replicas)
+    except TopologyRefused as exc:
+        stopping.set()  # a close of our own: not "closed for good"
+        await nc.close()
+        await runtime_engine.dispose()
+        await system_engine.dispose()
+        if read_engine is not None:
+            await read_engine.dispose()
+        raise StartupRefused(f"refusing to start: {exc}") from exc
     upstream = upstream_services(settings, nc)
     processor = CommandProcessor(
         verifier=verifier,
@@ -174,6 +208,8 @@ async def start_service(settings: Settings) -> RunningService:
         settings.nats_servers(),
         graceful_timeout=settings.shutdown_grace_s + FASTSTREAM_GRACE_MARGIN_S,
         max_reconnect_attempts=-1,
+        ping_interval=NATS_PING_INTERVAL_S,
+        max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
         logger=log,
         log_level=logging.DEBUG,
         error_cb=command_events.error,
@@ -218,8 +254,17 @@ async def start_service(settings: Settings) -> RunningService:
         await readiness()  # sets careplan_ready
 
     metrics.on_scrape("readiness", refresh_readiness)
+    reads = ReadRouter(
+        runtime_engine, read_engine, read_wait_s=settings.read_wait_ms / 1000, observer=ReadTelemetry(metrics)
+    )
     watch_at_scrape(
-        metrics, js=js, system_engine=system_engine, relay=relay, upstream=upstream, signing_keys=signing_keys
+        metrics,
+        js=js,
+        system_engine=system_engine,
+        relay=relay,
+        upstream=upstream,
+        signing_keys=signing_keys,
+        reads=reads,
     )
 
     app = create_http_app(
@@ -231,6 +276,7 @@ async def start_service(settings: Settings) -> RunningService:
         relay_role=lambda: "leader" if relay.is_leader else "standby",
         processor=processor,
         metrics=metrics,
+        reads=reads,
     )
     http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await http_runner.setup()
@@ -253,6 +299,7 @@ async def start_service(settings: Settings) -> RunningService:
         drain,
         stopping=stopping,
         connection_lost=connection_lost,
+        read_engine=read_engine,
     )
     service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
     service.scheduler = scheduler_for(settings, system_engine)
@@ -274,7 +321,8 @@ class _NatsEvents:
         log.warning("NATS %s connection: %s: %s", self.connection, type(exc).__name__, exc)
 
     async def disconnected(self) -> None:
-        log.warning("NATS %s connection lost; reconnecting", self.connection)
+        if not self.stopping.is_set():  # not our own close
+            log.warning("NATS %s connection lost; reconnecting", self.connection)
 
     async def reconnected(self) -> None:
         log.info("NATS %s connection re-established", self.connection)

@@ -1,6 +1,6 @@
 """The gauges of state kept elsewhere (the outbox in Postgres, the consumer and the DLQ in JetStream, the
-relay's leadership, the upstream circuits, the signing keys' age), read when Prometheus scrapes rather than
-polled."""
+relay's leadership, the upstream circuits, the signing keys' age, the read replica's lag), read when
+Prometheus scrapes rather than polled."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from integrations.identity import JwksSource
 from integrations.upstream import circuit_states
 from service.telemetry import ServiceMetrics
 from storage.outbox_relay import OutboxRelay, outbox_backlog
+from storage.read_routing import ReadRouter, replica_lag
 
 NATS_TIMEOUT_S = 1.5
 
@@ -28,6 +29,7 @@ def watch_at_scrape(
     relay: OutboxRelay,
     upstream: UpstreamServices | None,
     signing_keys: JwksSource,
+    reads: ReadRouter | None = None,
 ) -> None:
     async def outbox() -> None:
         backlog = await outbox_backlog(system_engine)
@@ -54,3 +56,12 @@ def watch_at_scrape(
 
     for source, refresh in (("outbox", outbox), ("consumer", consumer), ("dlq", dlq), ("process", process)):
         metrics.on_scrape(source, refresh)
+    if reads is not None and reads.replica is not None:
+        primary, replica = reads.primary, reads.replica
+
+        async def replica_progress() -> None:
+            lag = await replica_lag(primary, replica)
+            metrics.replica_lag_seconds.set(lag.seconds)
+            metrics.replica_lag_bytes.set(lag.bytes)
+
+        metrics.on_scrape("replica", replica_progress)

@@ -20,11 +20,30 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAREPLAN_", extra="ignore")
 
     nats_url: str | None = Field(default=None, description="NATS server URL(s), comma separated")
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="replicas of the service's JetStream streams (3 on a NATS cluster); raised on start, "
+        "never lowered",
+    )
     database_url: str | None = Field(default=None, description="Postgres URL of the RLS-bound runtime role")
     system_database_url: str | None = Field(
         default=None, description="Postgres URL of the relay/scheduler role (BYPASSRLS)"
     )
     admin_database_url: str | None = Field(default=None, description="owner/superuser URL, for migrate only")
+    read_database_url: str | None = Field(
+        default=None,
+        description="Postgres URL of a streaming replica for FHIR reads, as the runtime role (unset: reads "
+        "use CAREPLAN_DATABASE_URL)",
+    )
+    read_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        le=60_000,
+        description="how long a read sent with Careplan-Position waits for the replica before it reads "
+        "the primary",
+    )
     http_host: str = Field(default="127.0.0.1", description="HTTP listen address")
     http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port (0: any free port)")
     jwks_url: str | None = Field(

@@ -134,6 +134,47 @@ class ServiceMetrics:
         )
         self.jwks_age.set(math.nan)
         self.ready = Gauge("careplan_ready", "1 while /readyz would answer 200", registry=r)
+        self.fhir_reads = Counter(
+            "careplan_fhir_reads",
+            "FHIR reads (read, vread, history, search with its includes, Provenance), by the database that "
+            "answered: primary or replica",
+            ["target"],
+            registry=r,
+        )
+        self.replica_waits = Histogram(
+            "careplan_replica_wait_seconds",
+            "Time reads sent with Careplan-Position waited for the replica to replay it, by outcome "
+            "(caught_up, or gave_up and read the primary)",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replica_fallbacks = Counter(
+            "careplan_replica_fallbacks",
+            "Reads meant for the replica that the primary answered: behind (the wait was spent) or "
+            "unavailable (the replica failed a read, or did within the last seconds)",
+            ["reason"],
+            registry=r,
+        )
+        self.replica_lag_seconds = Gauge(
+            "careplan_replica_lag_seconds",
+            "Seconds since the read replica last replayed a commit, while it has WAL left to replay (0 when "
+            "caught up; NaN without a replica)",
+            registry=r,
+        )
+        self.replica_lag_bytes = Gauge(
+            "careplan_replica_lag_bytes",
+            "WAL bytes the primary has flushed and the read replica has not replayed (NaN without one)",
+            registry=r,
+        )
+        for target in ("primary", "replica"):
+            self.fhir_reads.labels(target)
+        for outcome in ("caught_up", "gave_up"):
+            self.replica_waits.labels(outcome)
+        for reason in ("behind", "unavailable"):
+            self.replica_fallbacks.labels(reason)
+        self.replica_lag_seconds.set(math.nan)
+        self.replica_lag_bytes.set(math.nan)
         self.scrape_errors = Counter(
             "careplan_scrape_errors",
             "Gauge refreshes that failed or timed out during a scrape",
@@ -214,3 +255,19 @@ class JwksTelemetry:
 
     def jwks_refreshed(self, outcome: str) -> None:
         self._metrics.jwks_refreshes.labels(outcome).inc()
+
+
+class ReadTelemetry:
+    """The ReadObserver of a running service: where FHIR reads ran, how long they waited for the replica."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def read_served(self, target: str) -> None:
+        self._metrics.fhir_reads.labels(target).inc()
+
+    def replica_waited(self, seconds: float, caught_up: bool) -> None:
+        self._metrics.replica_waits.labels("caught_up" if caught_up else "gave_up").observe(seconds)
+
+    def fell_back(self, reason: str) -> None:
+        self._metrics.replica_fallbacks.labels(reason).inc()

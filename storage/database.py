@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from sqlalchemy import text
@@ -13,16 +14,37 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 # Every tenant-bound transaction starts with this (RLS policies read the setting). is_local=true: the
 # setting dies with the transaction, so a pooled connection never leaks it.
 SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant, true)")
+_DEFAULT_PORT = "5432"
 
 
 def to_sqlalchemy_url(url: str) -> URL:
-    """Accept plain libpq URLs (`postgresql://…`, `postgres://…`) and pin the asyncpg driver."""
-    parsed = make_url(
-        url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
-    )
+    """Accept plain libpq URLs (`postgresql://…`, `postgres://…`), several hosts too, and pin the asyncpg
+    driver. libpq writes several hosts in the authority (`u:p@h1:5432,h2:5433/db`, what an operator copies
+    from a managed service); SQLAlchemy cannot parse that, and its asyncpg dialect takes them as
+    `?host=h1:5432&host=h2:5433` instead, each with its port. asyncpg then tries them in order and, with
+    `target_session_attrs=read-write`, keeps the first that takes writes: after a failover, the new
+    primary."""
+    plain = url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
+    parsed = make_url(_hosts_in_query(plain))
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
     return parsed.set(drivername="postgresql+asyncpg")
+
+
+def _hosts_in_query(url: str) -> str:
+    """`scheme://u:p@h1:p1,h2:p2/db?q` → `scheme://u:p@/db?q&host=h1:p1&host=h2:p2`; one host: unchanged."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    pairs = []
+    for host in hosts.split(","):
+        name, _, port = host.partition(":")
+        if not name or "[" in host or not (port or _DEFAULT_PORT).isdigit():
+            raise ValueError(f"cannot read host {host!r} of a multi-host URL (name[:port], no IPv6)")
+        pairs.append(("host", f"{name}:{port or _DEFAULT_PORT}"))
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *pairs], safe="/:,")
+    return urlunsplit(parts._replace(netloc=userinfo + at, query=query))
 
 
 @dataclass(frozen=True, slots=True)

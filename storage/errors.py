@@ -36,6 +36,8 @@ def is_transient(exc: BaseException) -> bool:
         return is_transient(exc.orig) if exc.orig is not None else False
     if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
         return True
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return True  # no host takes writes (target_session_attrs=read-write): a failover is under way
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if sqlstate in _TRANSIENT_SQLSTATES:
         return True

@@ -16,9 +16,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Unavailable
+from handlers.ports import StoredOutcome
 from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
 from storage.visibility import HIDDEN_FROM_PATIENTS, visible_to_patient
+from storage.wal_position import (
+    CURRENT_POSITION,
+    REPLAYED_POSITION,
+    ReplicaBehind,
+    WalPosition,
+    required_position,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +36,33 @@ class StoredResource:
     json_text: str
 
 
+# Binding the tenant and, for a read that must reflect a position (storage.wal_position.reflecting),
+# checking that this connection's server has replayed it: one statement, so the check costs no round trip.
+# The reads after it take their snapshots later (READ COMMITTED: one per statement), so they see it all.
+_BIND_REFLECTING = (
+    "SELECT set_config('app.tenant_id', {tenant}, true), "
+    f"COALESCE({REPLAYED_POSITION} >= CAST(CAST({{position}} AS text) AS pg_lsn), false)"
+)
+_SET_TENANT_REFLECTING = text(_BIND_REFLECTING.format(tenant=":tenant", position=":position"))
+_RAW_SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
+_RAW_SET_TENANT_REFLECTING = _BIND_REFLECTING.format(tenant="$1", position="$2")
+
+
 @asynccontextmanager
 async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[AsyncConnection]:
+    """A transaction bound to the tenant; `ReplicaBehind` before anything is read when the read must reflect
+    a position its server has not replayed."""
+    required = required_position()
     try:
         async with engine.connect() as conn, conn.begin():
-            await conn.execute(SET_TENANT, {"tenant": tenant_id})
+            if required is None:
+                await conn.execute(SET_TENANT, {"tenant": tenant_id})
+            else:
+                bound = await conn.execute(
+                    _SET_TENANT_REFLECTING, {"tenant": tenant_id, "position": str(required)}
+                )
+                if not bound.one()[1]:
+                    raise ReplicaBehind(str(required))
             yield conn
     except Exception as exc:
         if is_transient(exc):
@@ -71,19 +101,25 @@ def _read_sql(resource_type: str, for_patient: bool) -> str:
 
 async def fetch_in_tenant(engine: AsyncEngine, tenant_id: str, sql: str, *args: Any) -> list[Any]:
     """One read statement in a tenant-bound transaction, on the pooled connection's asyncpg driver
-    itself: on the hottest read SQLAlchemy's statement layer cost more than the database did."""
+    itself: on the hottest read SQLAlchemy's statement layer cost more than the database did.
+    `ReplicaBehind` as in `tenant_transaction`."""
+    required = required_position()
     try:
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             try:
                 async with driver.transaction():
-                    await driver.execute("SELECT set_config('app.tenant_id', $1, true)", tenant_id)
-                    return list(await driver.fetch(sql, *args))
+                    if required is None:
+                        await driver.execute(_RAW_SET_TENANT, tenant_id)
+                        return list(await driver.fetch(sql, *args))
+                    if await driver.fetchval(_RAW_SET_TENANT_REFLECTING, tenant_id, str(required), column=1):
+                        return list(await driver.fetch(sql, *args))
             except BaseException:
                 # SQLAlchemy did not see this failure: do not hand a broken connection back to the pool.
                 await conn.invalidate()
                 raise
+        raise ReplicaBehind(str(required))  # the connection is back in the pool, healthy
     except Exception as exc:
         if is_transient(exc):
             raise Unavailable("database", describe(exc)) from exc
@@ -92,13 +128,28 @@ async def fetch_in_tenant(engine: AsyncEngine, tenant_id: str, sql: str, *args: 
 
 async def read_command_outcome(
     engine: AsyncEngine, tenant_id: str, command_id: uuid.UUID
-) -> dict[str, Any] | None:
+) -> StoredOutcome | None:
+    """A command's stored outcome, with the WAL position now (at or after its commit: it is visible)."""
     async with tenant_transaction(engine, tenant_id) as conn:
-        outcome: dict[str, Any] | None = await conn.scalar(
-            text("SELECT outcome FROM command_log WHERE command_id = :id").columns(outcome=JSONB),
-            {"id": command_id},
-        )
-    return outcome
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT command_type, request_hash, status, outcome, "
+                    f"{CURRENT_POSITION} AS position FROM command_log WHERE command_id = :id"
+                ).columns(outcome=JSONB),
+                {"id": command_id},
+            )
+        ).one_or_none()
+    return None if row is None else StoredOutcome(*row)
+
+
+async def replayed_position(engine: AsyncEngine) -> WalPosition:
+    """How far the server of one of the engine's connections has replayed (storage.wal_position)."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        replayed = await driver.fetchval(f"SELECT ({REPLAYED_POSITION})::text")
+    return WalPosition.parse(replayed) if replayed else WalPosition(0)  # NULL: replay has not begun
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import orjson
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.care_plan import CarePlanAggregate
@@ -18,7 +18,10 @@ from handlers.ports import OutboxMessage, ResourceVersion, StoredOutcome
 from storage import aggregates, tables
 from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
+from storage.wal_position import CURRENT_POSITION
 from storage.write_batch import WriteBatch
+
+_COMMIT_POSITION = f"SELECT {CURRENT_POSITION}"
 
 
 class SqlUnitOfWork:
@@ -31,6 +34,7 @@ class SqlUnitOfWork:
         self._conn: AsyncConnection | None = None
         self._batch = WriteBatch()
         self.has_written = False  # a current row was written: a rejection now needs `restart()`
+        self.commit_position: str | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -68,15 +72,32 @@ class SqlUnitOfWork:
         return self._conn
 
     async def commit(self) -> None:
-        """Write what was collected (one statement), then commit."""
+        """Write what was collected (one statement), commit, and learn the commit's WAL position.
+
+        The position costs one round trip after COMMIT, on the same connection and on the asyncpg driver
+        itself (SQLAlchemy would wrap it in BEGIN and ROLLBACK): no statement can return it any sooner, as
+        the commit record is written by COMMIT. Should that round trip fail, the commit stands and the
+        caller retries as after any outage: the command log answers, with a position of its own."""
         try:
             if self._batch:
                 await self.conn.execute(*self._batch.statement(self.tenant_id))
             await self.conn.commit()
+            self.commit_position = await self._position_after_commit()
         except Exception as exc:
             if is_transient(exc):
                 raise Unavailable("database", describe(exc)) from exc
             raise
+
+    async def _position_after_commit(self) -> str:
+        raw = await self.conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            position: str = await driver.fetchval(_COMMIT_POSITION)
+        except BaseException:
+            # SQLAlchemy did not see this failure: do not hand a broken connection back to the pool.
+            await self.conn.invalidate()
+            raise
+        return position
 
     async def _close(self) -> None:
         if self._conn is not None:
@@ -104,13 +125,14 @@ class SqlUnitOfWork:
                     tables.command_log.c.request_hash,
                     tables.command_log.c.status,
                     tables.command_log.c.outcome,
+                    literal_column(CURRENT_POSITION),
                 ).where(
                     tables.command_log.c.tenant_id == self.tenant_id,
                     tables.command_log.c.command_id == command_id,
                 )
             )
         ).one_or_none()
-        return None if row is None else StoredOutcome(row[0], row[1], row[2], row[3])
+        return None if row is None else StoredOutcome(*row)
 
     async def record_outcome(
         self,

@@ -1,16 +1,21 @@
-"""A nats-server cluster of the test's own (three nodes, JetStream on each, a store dir each), so a test may
-kill -9 the node that leads a stream and watch the others elect a new leader."""
+"""A nats-server cluster of the test's own (three nodes, JetStream on each, a store dir each, a monitoring
+port each), so a test may kill -9 the node that leads a stream or the JetStream meta group, or stop one for a
+while, and watch the others elect new leaders and the node catch up when it returns."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from service.embedded import EmbeddedNats
@@ -29,10 +34,26 @@ class ClusterNode:
     name: str
     server: EmbeddedNats
     client_port: int
+    monitor_port: int
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.server.pid is not None
+
+    async def monitor(self, endpoint: str) -> dict[str, Any]:
+        """One of the node's monitoring endpoints (`jsz`, `connz` …) as JSON."""
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"http://127.0.0.1:{self.monitor_port}/{endpoint}") as response,
+        ):
+            response.raise_for_status()
+            body: dict[str, Any] = json.loads(await response.read())
+            return body
 
 
 class NatsCluster:
@@ -42,7 +63,9 @@ class NatsCluster:
     def __init__(self, workdir: Path, size: int = 3) -> None:
         client_ports = [free_port() for _ in range(size)]
         route_ports = [free_port() for _ in range(size)]
+        monitor_ports = [free_port() for _ in range(size)]
         self.nodes: list[ClusterNode] = []
+        self.frozen: set[str] = set()
         for index in range(size):
             name = f"n{index + 1}"
             routes = ",".join(
@@ -53,9 +76,10 @@ class NatsCluster:
                 "--cluster", f"nats://127.0.0.1:{route_ports[index]}",
                 "--routes", routes,
                 "--cluster_name", CLUSTER_NAME,
+                "--http_port", str(monitor_ports[index]),
             ]  # fmt: skip
             server = EmbeddedNats(workdir / name, client_ports[index], args)
-            self.nodes.append(ClusterNode(name, server, client_ports[index]))
+            self.nodes.append(ClusterNode(name, server, client_ports[index], monitor_ports[index]))
 
     @property
     def urls(self) -> str:
@@ -77,9 +101,62 @@ class NatsCluster:
                 os.kill(server.pid, signal.SIGKILL)
         server.stop()  # reaps it and clears its pid file
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP: the node stops dead but its sockets stay open, as a paused VM or a partition looks;
+        nothing tells its clients or its peers, who notice only when their pings or heartbeats go
+        unanswered."""
+        self._signal(name, signal.SIGSTOP)
+        self.frozen.add(name)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT: a frozen node runs on from where it stopped."""
+        self._signal(name, signal.SIGCONT)
+        self.frozen.discard(name)
+
+    def _signal(self, name: str, sig: signal.Signals) -> None:
+        pid = self.node(name).server.pid
+        assert pid is not None, f"{name} is not running"
+        os.kill(pid, sig)
+
+    def restart(self, name: str) -> None:
+        """Start a killed or stopped node again, on its ports and its store."""
+        self.node(name).server.start()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.server.stop()
+
+    async def meta_leader(self, *, other_than: str | None = None, timeout: float = 60.0) -> str:
+        """The node leading the JetStream meta group, as a running node's `/jsz` says (the JetStream API
+        does not say), once there is one (and, after a kill, once it is not the killed node)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for node in self.nodes:
+                    if not node.running or node.name in self.frozen:
+                        continue
+                    with contextlib.suppress(Exception):  # the node still starting, or without a leader
+                        leader = (await node.monitor("jsz"))["meta_cluster"].get("leader")
+                        if leader and leader != other_than:
+                            return str(leader)
+                await asyncio.sleep(0.1)
+
+    async def leaders(self) -> dict[str, str]:
+        """Who leads what, as a running node sees it: each stream, each consumer (`STREAM/consumer`) and
+        the meta group (`meta`); a group that has no leader just now is left out."""
+        for node in self.nodes:
+            if not node.running or node.name in self.frozen:
+                continue
+            with contextlib.suppress(Exception):  # a node still starting: ask the next
+                jsz = await node.monitor("jsz?streams=true&consumers=true")
+                led = {"meta": jsz["meta_cluster"].get("leader")}
+                for account in jsz.get("account_details") or []:
+                    for stream in account.get("stream_detail") or []:
+                        led[stream["name"]] = (stream.get("cluster") or {}).get("leader")
+                        for consumer in stream.get("consumer_detail") or []:
+                            key = f"{stream['name']}/{consumer['name']}"
+                            led[key] = (consumer.get("cluster") or {}).get("leader")
+                return {asset: str(leader) for asset, leader in led.items() if leader}
+        raise AssertionError("no running node answers /jsz")
 
 
 async def until_jetstream_answers(js: JetStreamContext, timeout: float = 60.0) -> None:
@@ -93,33 +170,58 @@ async def until_jetstream_answers(js: JetStreamContext, timeout: float = 60.0) -
                 await asyncio.sleep(0.2)
 
 
-async def replicate(js: JetStreamContext, stream: str, replicas: int, timeout: float = 60.0) -> None:
-    """Scale `stream` to `replicas` and wait until every replica is current (caught up with its leader)."""
+async def until_replicated(
+    js: JetStreamContext, stream: str, replicas: int, *, consumer: str | None = None, timeout: float = 90.0
+) -> None:
+    """Until `stream` (and its `consumer`) has a leader and `replicas - 1` followers, every one current
+    (caught up with its leader): the state a test must reach before it kills a node."""
+
+    async def replicated() -> bool:
+        info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+        cluster = info.cluster
+        if cluster is None or not cluster.leader:
+            return False
+        return len([follower for follower in cluster.replicas or [] if follower.current]) == replicas - 1
+
     async with asyncio.timeout(timeout):
         while True:
-            try:
-                config = (await js.stream_info(stream)).config
-                if config.num_replicas != replicas:
-                    await js.update_stream(config.evolve(num_replicas=replicas))
-                cluster = (await js.stream_info(stream)).cluster
-            except Exception:  # peers still joining, or the update still being applied
-                await asyncio.sleep(0.2)
-                continue
-            if cluster is not None and cluster.leader:
-                current = [follower for follower in cluster.replicas or [] if follower.current]
-                if len(current) == replicas - 1:
+            with contextlib.suppress(Exception):  # peers still joining, or a leader still being elected
+                if await replicated():
                     return
             await asyncio.sleep(0.2)
 
 
+async def move_leader(
+    nc: NatsClient, stream: str, to: str, *, consumer: str | None = None, timeout: float = 60.0
+) -> None:
+    """Ask the leader of `stream` (or of its `consumer`) to step down in favour of node `to`."""
+    api = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else f"STREAM.LEADER.STEPDOWN.{stream}"
+    js = nc.jetstream(timeout=2.0)
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(Exception):
+                info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+                if info.cluster is not None and info.cluster.leader == to:
+                    return
+                await nc.request(f"$JS.API.{api}", json.dumps({"placement": {"preferred": to}}).encode())
+            await asyncio.sleep(0.5)
+
+
 async def stream_leader(
-    js: JetStreamContext, stream: str, *, other_than: str | None = None, timeout: float = 60.0
+    js: JetStreamContext,
+    stream: str,
+    *,
+    consumer: str | None = None,
+    other_than: str | None = None,
+    timeout: float = 60.0,
 ) -> str:
-    """The node leading `stream` once it has one (and, after a kill, once it is not the killed node)."""
+    """The node leading `stream` (or its `consumer`) once it has one (and, after a kill, once it is not the
+    killed node)."""
     async with asyncio.timeout(timeout):
         while True:
             with contextlib.suppress(Exception):  # no leader yet: the request times out or is refused
-                cluster = (await js.stream_info(stream)).cluster
+                info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+                cluster = info.cluster
                 if cluster is not None and cluster.leader and cluster.leader != other_than:
                     return cluster.leader
             await asyncio.sleep(0.1)

@@ -224,6 +224,7 @@ async def fault_lab(
     try:
         if cluster is not None:
             cluster.start()
+            await cluster.meta_leader()  # JetStream answers nothing until the nodes have elected one
         else:
             nats_server.start()
         yield lab

@@ -45,6 +45,7 @@ from storage.database import drop_database, ensure_database
 from storage.migrate import migrate
 from tests.conftest import database_urls
 from tests.faults.lab import Lab, ServeProcess, free_port, until
+from tests.integration.helpers import assert_same_answer
 from tests.upstream_responders import Responder, UpstreamWorld
 
 CONFIG = Path(__file__).resolve().parents[2] / "docs" / "nats-permissions.conf"
@@ -309,7 +310,7 @@ async def test_the_service_does_all_its_work_with_the_example_permissions_alone(
     assert provenance["type"] == "careplan.audit.provenance"
     assert provenance["causationid"] == body["command_id"]
     # The outcome query answers with the reply the caller got.
-    assert await ask_outcome(caller.nc, body["command_id"], token) == reply
+    assert_same_answer(await ask_outcome(caller.nc, body["command_id"], token), reply)
     # Readiness (consumer info) and a scrape (consumer and DLQ stream info) use the JetStream API too.
     status, checks = await deployment.service.readiness()
     assert status == 200, checks
@@ -452,7 +453,7 @@ async def test_a_caller_may_not_listen_where_others_talk(deployment: Deployment,
     body = envelope(plan())
     reply = await send_command(caller.nc, "careplan.create", body, token=token, timeout=20)
     assert reply["ok"] is True, reply
-    assert await ask_outcome(caller.nc, body["command_id"], token) == reply
+    assert_same_answer(await ask_outcome(caller.nc, body["command_id"], token), reply)
     await deployment.lab.outbox_drained()
 
     refused = " ".join(caller.violations()).lower()
@@ -506,7 +507,7 @@ async def test_a_resent_command_is_a_duplicate_with_no_reply_and_the_query_gives
 
     assert duplicate is True
     assert replies == []  # the stream dropped it: nothing will ever answer this publish
-    assert await ask_outcome(caller.nc, body["command_id"], token) == first
+    assert_same_answer(await ask_outcome(caller.nc, body["command_id"], token), first)
 
 
 async def test_a_message_id_another_tenant_used_swallows_the_command_and_only_the_flag_tells(

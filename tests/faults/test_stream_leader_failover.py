@@ -10,14 +10,11 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
 import nats.errors
-import orjson
 import pytest
-from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
 from handlers.event_publisher import BrokerUnavailable, JetStreamEventPublisher
@@ -25,15 +22,10 @@ from handlers.nats_consumer import COMMAND_STREAM
 from service.dev_identity import DevKeys
 from service.topology import AUDIT_STREAM, EVENT_STREAM
 from storage.outbox_relay import PermanentPublishError
-from tests.faults.cluster import NatsCluster, replicate, stream_leader, until_jetstream_answers
+from tests.faults.careful_caller import event_figures, outcomes_known, relay_done, send_changes_resending
+from tests.faults.cluster import NatsCluster, stream_leader, until_jetstream_answers, until_replicated
 from tests.faults.lab import Lab, until
-from tests.faults.load import (
-    CommandLoad,
-    Sent,
-    assert_each_command_applied_once,
-    assert_events_once_in_order,
-    read_stream,
-)
+from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order
 
 TENANT = "t-failover"
 PLANS = 10
@@ -86,14 +78,14 @@ async def test_the_events_stream_leader_killed_under_load_parks_and_loses_no_eve
 ) -> None:
     lab = cluster_lab
     assert lab.cluster is not None
-    service = lab.serve("a")
+    service = lab.serve("a", stream_replicas=3)
     await service.ready()
     nc = await lab.connect()
     try:
         js = nc.jetstream()
-        # The service creates its streams with one replica; production runs them at three.
+        # The service creates its streams with three replicas, as production runs them
         for stream in (COMMAND_STREAM, EVENT_STREAM, AUDIT_STREAM):
-            await replicate(js, stream, 3)
+            await until_replicated(js, stream, 3)
         load = CommandLoad(nc, keys.mint(tenant_id=TENANT, roles=["clinician"]))
         await load.start()
         await load.create_plans(PLANS)
@@ -158,69 +150,6 @@ async def failures_until(
                 raise AssertionError(f"{subject} was published without a quorum")
             await asyncio.sleep(0.2)
     return verdicts
-
-
-async def send_changes_resending(
-    load: CommandLoad, count: int, rng: random.Random, resends: Counter[str]
-) -> None:
-    """Goals and activities for random plans, as `CommandLoad.send_changes`, but a command whose publish
-    fails (no responders while the command stream elects a leader, a time-out) is re-sent with the same
-    command id and Nats-Msg-Id, as a caller does; the stream drops a copy that did get through."""
-    for n in range(count):
-        plan = rng.choice(load.plans)
-        if rng.random() < 0.5:
-            command, data = "goal.add", {"care_plan_id": plan, "description": {"text": f"goal {n}"}}
-        else:
-            command, data = "activity.add", {"care_plan_id": plan, "description": f"task {n}"}
-        command_id = str(uuid.uuid4())
-        load.sent[command_id] = Sent(command, orjson.dumps({"command_id": command_id, "data": data}))
-        async with asyncio.timeout(120):
-            while True:
-                try:
-                    await load.publish(command_id, message_id=command_id)
-                    break
-                except nats.errors.Error:  # no stream response, a time-out, a connection moving …
-                    resends[command_id] += 1
-                    await asyncio.sleep(0.25)
-        if n % 10 == 9:
-            await asyncio.sleep(0.05)
-
-
-def relay_done(lab: Lab) -> Callable[[], Awaitable[bool]]:
-    """Whether the relay has nothing left to try: every row published or parked."""
-
-    async def done() -> bool:
-        return not await lab.scalar(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NULL"
-        )
-
-    return done
-
-
-async def outcomes_known(load: CommandLoad, timeout: float = 120.0) -> None:
-    """Every command's outcome, from its reply or asked for; a query that itself fails (the caller's
-    connection still moving to a surviving node) is asked again."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                await load.ask_unanswered(timeout=timeout)
-                return
-            except nats.errors.Error:
-                await asyncio.sleep(0.5)
-
-
-async def event_figures(lab: Lab, nc: NatsClient) -> dict[str, int]:
-    """What a consumer of CAREPLAN_EVENTS sees, against what the outbox holds."""
-    on_stream = Counter(event["id"] for event in await read_stream(nc, EVENT_STREAM))
-    in_outbox = {
-        str(e) for (e,) in await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%'")
-    }
-    return {
-        "events": len(in_outbox),
-        "parked": int(await lab.scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")),
-        "lost": len(in_outbox - set(on_stream)),
-        "duplicates": sum(n - 1 for n in on_stream.values()),
-    }
 
 
 async def _quiet(exc: Exception) -> None:

@@ -1,4 +1,5 @@
-"""Small helpers the integration tests share: reading events back and counting rows as the owner."""
+"""Small helpers the integration tests share: reading events back, counting rows as the owner, comparing an
+answer repeated from the command log with the first."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.wal_position import WalPosition
 
 CARE_PLAN = {"patient_id": "p1", "title": "Type 2 diabetes care plan", "status": "active"}
 
@@ -58,3 +61,19 @@ async def count_rows(engine: AsyncEngine, table: str, tenant_id: str) -> int:
             text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant_id}
         )
     return int(count or 0)
+
+
+def but_for_position(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply without its `result.position`: what stays the same each time the command log answers."""
+    if "result" not in reply:
+        return reply
+    return reply | {"result": {k: v for k, v in reply["result"].items() if k != "position"}}
+
+
+def assert_same_answer(again: dict[str, Any], first: dict[str, Any]) -> None:
+    """The same outcome; on a success, a position at or after the first answer's (CONTRACT §11: the stored
+    outcome is answered with the WAL position at the time, at or after its commit)."""
+    assert but_for_position(again) == but_for_position(first)
+    if "result" in first:
+        position, earlier = again["result"]["position"], first["result"]["position"]
+        assert WalPosition.parse(position) >= WalPosition.parse(earlier), (position, earlier)

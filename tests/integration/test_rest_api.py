@@ -19,9 +19,10 @@ from schemas.commands import MAX_JSON_DEPTH
 from service.client import envelope, send_command
 from service.dev_identity import DevKeys
 from service.runner import RunningService
+from storage.wal_position import WalPosition
 from tests.conftest import TokenFactory
 from tests.integration.commands import RestCaller, reply_of
-from tests.integration.helpers import CARE_PLAN, count_rows, event_caused_by
+from tests.integration.helpers import CARE_PLAN, assert_same_answer, count_rows, event_caused_by
 from tests.integration.test_command_rejections import BAD_TOKENS, assert_nothing_written
 
 
@@ -67,6 +68,8 @@ async def test_create_answers_201_with_location_and_etag_of_the_fhir_resource(
     assert body["version"] == 1
     assert headers["ETag"] == 'W/"1"'
     assert headers["Location"] == f"{service.http_url}/fhir/CarePlan/{body['id']}"
+    assert headers["Careplan-Position"] == body["position"]  # the commit's, for read-your-writes
+    assert WalPosition.parse(body["position"])
     assert uuid.UUID(headers["Idempotency-Key"])  # generated, since the caller sent none
     read = await rest.read("CarePlan", body["id"])
     assert read["title"] == CARE_PLAN["title"]
@@ -98,7 +101,8 @@ async def test_the_same_idempotency_key_and_body_gets_the_same_answer_and_change
     first = await rest.request("careplan.create", CARE_PLAN, idempotency_key=key)
     again = await rest.request("careplan.create", CARE_PLAN, idempotency_key=key)
     assert first[0] == again[0] == 201
-    assert first[2] == again[2]
+    assert_same_answer(reply_of(*again), reply_of(*first))
+    assert again[1]["Careplan-Position"] == again[2]["position"]
     assert first[1]["Location"] == again[1]["Location"]
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
     assert await count_rows(admin_engine, "outbox", tenant) == 2  # one event, one audit record
@@ -124,7 +128,7 @@ async def test_the_command_log_is_shared_by_both_transports(
     # When the same command arrives over HTTP with its id as the Idempotency-Key
     over_http = await rest.send("careplan.create", CARE_PLAN, idempotency_key=key)
     # Then it is answered from the command log, and applied once
-    assert over_http["result"] == over_nats["result"]
+    assert_same_answer(over_http, over_nats)
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
 
 
@@ -360,5 +364,10 @@ async def test_an_answer_replays_as_the_reply_the_nats_caller_would_get(rest: Re
         "command_id": headers["Idempotency-Key"],
         "ok": True,
         "status": 201,
-        "result": {"resource_type": "CarePlan", "id": body["id"], "version": 1},
+        "result": {
+            "resource_type": "CarePlan",
+            "id": body["id"],
+            "version": 1,
+            "position": headers["Careplan-Position"],
+        },
     }

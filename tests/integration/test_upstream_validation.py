@@ -26,7 +26,7 @@ from service.settings import Settings
 from storage.database import create_engine
 from tests.conftest import DatabaseUrls, TokenFactory, migrated_database
 from tests.integration.commands import RestCaller
-from tests.integration.helpers import count_rows, last_event
+from tests.integration.helpers import assert_same_answer, count_rows, last_event
 from tests.integration.scrape import moved, scrape, value
 from tests.upstream_responders import UpstreamResponders, start_responders
 
@@ -186,7 +186,7 @@ async def test_an_unknown_patient_is_refused_once_and_for_all_and_nothing_is_wri
     again = await send_command(
         checked_nc, "careplan.create", body, token=token_for(tenant), message_id=str(uuid.uuid4()), timeout=5
     )
-    assert again == reply
+    assert_same_answer(again, reply)
     assert len(upstream.registration.requests) == asked
     # A new command for the now-registered patient goes through.
     await create_plan(checked_nc, token_for(tenant), patient_id="p-nobody")
@@ -390,7 +390,7 @@ async def test_an_answered_command_is_answered_again_while_the_services_are_away
     again = await send_command(
         checked_nc, "careplan.create", body, token=token_for(tenant), message_id=str(uuid.uuid4()), timeout=5
     )
-    assert again == first
+    assert_same_answer(again, first)
 
 
 # --- the same checks over the REST write API (CONTRACT §9) ---
