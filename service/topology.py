@@ -13,7 +13,13 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from handlers.nats_consumer import COMMAND_STREAM, COMMAND_SUBJECTS, DLQ_STREAM, DeliveryPolicy
+from handlers.nats_consumer import (
+    COMMAND_CONSUMER,
+    COMMAND_STREAM,
+    COMMAND_SUBJECTS,
+    DLQ_STREAM,
+    DeliveryPolicy,
+)
 
 DUPLICATE_WINDOW_S = 120.0
 EVENT_STREAM = "CAREPLAN_EVENTS"
@@ -93,6 +99,11 @@ async def ensure_topology(
     # stream is still being scaled ("replica count exceeds parent stream"). Create-or-update on >= 2.10.
     await _answered(
         lambda: js.add_consumer(COMMAND_STREAM, policy.consumer_config()), COMMAND_STREAM, patience_s
+    )
+    # Accepted is not yet answering: a new R3 consumer answers once its replicas have elected a leader, and
+    # the pull subscription asks for it (with a 5 s limit that would fail the start) right after this.
+    await _answered(
+        lambda: js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=5.0), COMMAND_STREAM, patience_s
     )
 
 
