@@ -33,6 +33,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DLQ_STREAM
 from handlers.queries import QUERY_SUBJECT
@@ -285,6 +286,20 @@ def plan() -> dict[str, Any]:
     }
 
 
+async def last_message(js: JetStreamContext, stream: str, subject: str, timeout: float = 15.0) -> Any:
+    """The stream's last message on `subject`, once there is one: the relay publishes a command's event and
+    its audit side by side, so the one may be on its stream a moment before the other."""
+    found: list[Any] = []
+
+    async def published() -> bool:
+        with contextlib.suppress(NotFoundError):
+            found.append(await js.get_last_msg(stream, subject))
+        return bool(found)
+
+    await until(published, timeout, f"a message on {subject} in {stream}")
+    return found[-1]
+
+
 # --------------------------------------------------------------------------- the service's own work
 
 
@@ -305,7 +320,7 @@ async def test_the_service_does_all_its_work_with_the_example_permissions_alone(
     (event,) = await deployment.events_of(tenant, 1)
     assert event.subject == f"careplan.evt.{tenant}.careplan.created"
     assert orjson.loads(event.data)["causationid"] == body["command_id"]
-    audit = await deployment.ops_js.get_last_msg(AUDIT_STREAM, f"careplan.audit.{tenant}")
+    audit = await last_message(deployment.ops_js, AUDIT_STREAM, f"careplan.audit.{tenant}")
     provenance = orjson.loads(audit.data or b"{}")
     assert provenance["type"] == "careplan.audit.provenance"
     assert provenance["causationid"] == body["command_id"]
