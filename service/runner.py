@@ -107,10 +107,7 @@ class RunningService:
                 await task
         with contextlib.suppress(Exception):
             await self.nc.drain()
-        await self.runtime_engine.dispose()
-        await self.system_engine.dispose()
-        if self.read_engine is not None:
-            await self.read_engine.dispose()
+        await _dispose(self.runtime_engine, self.system_engine, self.read_engine)
 
 
 async def start_service(settings: Settings) -> RunningService:
@@ -142,10 +139,7 @@ async def start_service(settings: Settings) -> RunningService:
         if problem:
             raise StartupRefused(f"refusing to start: CAREPLAN_READ_DATABASE_URL: {problem}")
     except BaseException:
-        await runtime_engine.dispose()
-        await system_engine.dispose()
-        if read_engine is not None:
-            await read_engine.dispose()
+        await _dispose(runtime_engine, system_engine, read_engine)
         raise
 
     policy = DeliveryPolicy(
@@ -183,10 +177,7 @@ async def start_service(settings: Settings) -> RunningService:
     except TopologyRefused as exc:
         stopping.set()  # a close of our own: not "closed for good"
         await nc.close()
-        await runtime_engine.dispose()
-        await system_engine.dispose()
-        if read_engine is not None:
-            await read_engine.dispose()
+        await _dispose(runtime_engine, system_engine, read_engine)
         raise StartupRefused(f"refusing to start: {exc}") from exc
     upstream = upstream_services(settings, nc)
     processor = CommandProcessor(
@@ -333,6 +324,13 @@ class _NatsEvents:
                 "NATS %s connection closed for good; stopping so the supervisor restarts us", self.connection
             )
             self.lost_for_good.set()
+
+
+async def _dispose(*engines: AsyncEngine | None) -> None:
+    """Close the pools of the engines that exist (the read engine does only with a replica configured)."""
+    for engine in engines:
+        if engine is not None:
+            await engine.dispose()
 
 
 def upstream_services(settings: Settings, nc: NatsClient) -> UpstreamServices | None:
