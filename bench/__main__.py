@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--concurrency", type=int, default=64, help="commands in flight")
     parser.add_argument("--commands", type=int, default=3000, help="commands per measured phase")
+    parser.add_argument(
+        "--sequential", type=int, default=300, help="careplan.create commands sent one at a time (commands)"
+    )
     parser.add_argument("--workers", type=int, default=8, help="CAREPLAN_WORKERS of each service process")
     parser.add_argument(
         "--replicas",
@@ -71,6 +74,7 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             total=args.commands,
             workers=args.workers,
             replicas=args.replicas,
+            sequential=args.sequential,
         ),
         "reads": lambda: run_reads(running, concurrency=32, seconds=args.read_seconds),
         "scale": lambda: run_scale(running, sizes=[int(s) for s in args.sizes.split(",")]),

@@ -1,5 +1,6 @@
 """Scenarios 1 and 4: the command mix through JetStream to `careplan serve` against its two baselines,
-and the relay's lag (commit → event on the stream) at half the service's measured throughput."""
+`careplan.create` alone through one process against the minimal transaction (baseline (c)) and one at a
+time, and the relay's lag (commit → event on the stream) at half the service's measured throughput."""
 
 from __future__ import annotations
 
@@ -23,11 +24,70 @@ from nats.js.api import DeliverPolicy
 from bench.echo import SUBJECT_PREFIX as ECHO_PREFIX
 from bench.infra import ROOT, Servers, careplan_serve
 from bench.load import CommandClient, Run, closed_loop
+from bench.minimal_transaction import POOL_SIZE, MinimalTransactions, sample_minimal_rows
 from bench.sql_baseline import SqlTransactions, sample_write_sets
-from bench.workload import CommandMix
+from bench.workload import CommandMix, CreateOnly
+
+TARGETS: dict[str, tuple[float, bool]] = {  # name → (target, whether the value must be at least it)
+    "service / (a) throughput": (0.8, True),
+    "create / (c) throughput": (0.3, True),
+    "create p50 ms, 1 in flight": (2.5, False),
+    "peak RSS MB, one process": (110.0, False),
+}
+
+
+def verdicts(values: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each measured value of `TARGETS` against its target (values without a target are left out)."""
+    judged = {}
+    for name, value in values.items():
+        if name not in TARGETS:
+            continue
+        target, at_least = TARGETS[name]
+        met = not math.isnan(value) and (value >= target if at_least else value <= target)
+        judged[name] = {"value": value, "target": target, "at_least": at_least, "met": met}
+    return judged
 
 
 async def run_commands(
+    servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int, sequential: int = 300
+) -> dict[str, Any]:
+    """The mix through `replicas` processes against (a) and (b); then `careplan.create` alone through one
+    process against (c), at `concurrency` and at 1 in flight (`sequential` commands)."""
+    mix = await _mix(servers, concurrency=concurrency, total=total, workers=workers, replicas=replicas)
+    creates = await _creates(
+        servers, concurrency=concurrency, total=total, workers=workers, sequential=sequential
+    )
+    service, baseline_sql, baseline_nats = mix.pop("runs")
+    create, baseline_minimal, create_one = creates.pop("runs")
+    ratios = {
+        "service / (a) throughput": _ratio(service, baseline_sql),
+        "service / (b) throughput": _ratio(service, baseline_nats),
+        "create / (c) throughput": _ratio(create, baseline_minimal),
+    }
+    values = {
+        **ratios,
+        "create p50 ms, 1 in flight": round(create_one.percentile_ms(50), 2),
+        "peak RSS MB, one process": creates["one_process_peak_rss_mb"],
+    }
+    service_run = service.summary() | {"name": f"service: the mix through careplan serve x{replicas}"}
+    return {
+        "runs": [
+            service_run,
+            baseline_sql.summary(),
+            baseline_nats.summary(),
+            create.summary(),
+            baseline_minimal.summary(),
+            create_one.summary(),
+        ],
+        "ratios": ratios,
+        "targets": {name: target for name, (target, _) in TARGETS.items()},
+        "verdicts": verdicts(values),
+        **mix,
+        **creates,
+    }
+
+
+async def _mix(
     servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int
 ) -> dict[str, Any]:
     database = await servers.fresh_database()
@@ -75,14 +135,8 @@ async def run_commands(
             baseline_nats = await closed_loop(
                 "baseline (b): JetStream round trip, no database", echo, concurrency=concurrency, total=total
             )
-    service_run = service.summary() | {"name": f"service: {service.name} mix through careplan serve"}
     return {
-        "runs": [service_run, baseline_sql.summary(), baseline_nats.summary()],
-        "ratios": {
-            "service / (a) throughput": _ratio(service, baseline_sql),
-            "service / (b) throughput": _ratio(service, baseline_nats),
-        },
-        "targets": {"service / (a) throughput": 0.60},
+        "runs": (service, baseline_sql, baseline_nats),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "workers": workers,
         "replicas": replicas,
@@ -90,6 +144,75 @@ async def run_commands(
         "machine_cpu_cores_busy": machine_busy,
         "service_error_codes": error_codes,
         "service_first_error": mix.errors[0] if mix.errors else None,
+    }
+
+
+async def _creates(
+    servers: Servers, *, concurrency: int, total: int, workers: int, sequential: int
+) -> dict[str, Any]:
+    """`careplan.create` only, through one `careplan serve` (`--replicas 1`), at `concurrency` in flight;
+    baseline (c) on the same database, its rows sampled from the service's; then creates one at a time
+    through a second, fresh process (each process is profiled on its own under CAREPLAN_BENCH_PROFILE:
+    `create-0.txt` is the loaded one)."""
+    database = await servers.fresh_database()
+    run_id = uuid.uuid4().hex[:6]
+    warm_up = max(total // 5, concurrency * 4)
+    env = {"CAREPLAN_WORKERS": str(workers)}
+    async with command_client(servers) as client:
+        async with careplan_serve(servers, database, name="create", replicas=1, extra_env=env) as serve:
+            creates = CreateOnly(client, servers.keys, run_id=run_id)
+            await closed_loop("warm-up", creates.request(), concurrency=concurrency, total=warm_up)
+            serve.rss.mark_cpu()
+            psutil.cpu_percent()
+            create = await closed_loop(
+                f"service: careplan.create only, one process, {concurrency} in flight",
+                creates.request(),
+                concurrency=concurrency,
+                total=total,
+            )
+            create_cpu = serve.rss.cpu_utilization()
+            machine_busy = round(psutil.cpu_percent() / 100 * (psutil.cpu_count() or 1), 2)
+            loaded_rss = serve.rss.peak_bytes
+
+        rows = await sample_minimal_rows(database.admin)
+        minimal = MinimalTransactions(database.runtime, rows, run_id=run_id)
+        await minimal.start()
+        try:
+            await closed_loop("warm-up", minimal.request(), concurrency=concurrency, total=warm_up)
+            baseline_minimal = await closed_loop(
+                f"baseline (c): the minimal transaction, asyncpg, {POOL_SIZE} connections",
+                minimal.request(),
+                concurrency=concurrency,
+                total=total,
+            )
+        finally:
+            await minimal.close()
+
+        async with careplan_serve(servers, database, name="create-one", replicas=1, extra_env=env) as serve:
+            one_at_a_time = CreateOnly(client, servers.keys, run_id=run_id)
+            await closed_loop(
+                "warm-up", one_at_a_time.request(), concurrency=1, total=max(sequential // 5, 20)
+            )
+            create_one = await closed_loop(
+                "service: careplan.create only, one process, 1 in flight",
+                one_at_a_time.request(),
+                concurrency=1,
+                total=sequential,
+            )
+            sequential_rss = serve.rss.peak_bytes
+    errors = creates.errors + one_at_a_time.errors
+    return {
+        "runs": (create, baseline_minimal, create_one),
+        "create_service_cpu_cores": create_cpu,
+        "create_machine_cpu_cores_busy": machine_busy,
+        "minimal_json_bytes": {
+            "plan (current and history rows)": len(rows.plan.encode()),
+            "outcome (command log)": len(rows.outcome.encode()),
+            "outbox payloads": [len(payload) for _, payload in rows.outbox],
+        },
+        "one_process_peak_rss_mb": round(max(loaded_rss, sequential_rss) / 2**20, 1),
+        "create_error_codes": sorted({e.get("error", {}).get("code", "?") for e in errors}),
+        "create_first_error": errors[0] if errors else None,
     }
 
 

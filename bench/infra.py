@@ -192,7 +192,7 @@ async def careplan_serve(
                 # py-spy's collapsed stacks of the whole run, one file a replica (`pip install py-spy`).
                 out = Path(profile_dir) / f"{name}-{replica}.txt"
                 command = [
-                    "py-spy",
+                    _py_spy(),
                     "record",
                     "--nonblocking",
                     "--rate",
@@ -224,6 +224,12 @@ async def careplan_serve(
     finally:
         for process in processes:
             _stop(process, profiled=bool(profile_dir))
+
+
+def _py_spy() -> str:
+    """The venv's py-spy (beside this interpreter) when the venv is not on PATH, else the one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
 
 
 def _stop(process: subprocess.Popen[bytes], *, profiled: bool) -> None:

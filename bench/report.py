@@ -49,19 +49,33 @@ def _runs(runs: list[dict[str, Any]]) -> str:
 
 
 def _commands(result: dict[str, Any]) -> str:
-    ratios = result["ratios"]
-    target = result["targets"]["service / (a) throughput"]
+    ratios, judged = result["ratios"], result["verdicts"]
     lines = [
-        f"commands: {result['runs'][0]['concurrency']} in flight; careplan serve x{result['replicas']},"
-        f" {result['workers']} workers each",
+        f"commands: {result['runs'][0]['concurrency']} in flight; the mix through careplan serve"
+        f" x{result['replicas']}, careplan.create alone through one; {result['workers']} workers each",
         _runs(result["runs"]),
         f"service / (a): {ratios['service / (a) throughput']:.2f} — "
-        + _verdict(ratios["service / (a) throughput"], target, at_least=True),
+        + _judged(judged["service / (a) throughput"]),
         f"service / (b): {ratios['service / (b) throughput']:.2f}",
-        f"careplan serve peak RSS: {result['peak_rss_mb']} MB, CPU {result['service_cpu_cores']} cores"
-        f" (machine: {result['machine_cpu_cores_busy']} of its cores busy)",
+        f"create / (c): {ratios['create / (c) throughput']:.2f} — "
+        + _judged(judged["create / (c) throughput"])
+        + f"; (c) writes JSON of {', '.join(f'{k} {v} B' for k, v in result['minimal_json_bytes'].items())}",
+        f"create p50 at 1 in flight: {judged['create p50 ms, 1 in flight']['value']:.2f} ms — "
+        + _judged(judged["create p50 ms, 1 in flight"]),
+        f"careplan serve peak RSS, one process: {judged['peak RSS MB, one process']['value']} MB — "
+        + _judged(judged["peak RSS MB, one process"]),
+        f"mix: careplan serve x{result['replicas']} peak RSS {result['peak_rss_mb']} MB (all processes),"
+        f" CPU {result['service_cpu_cores']} cores (machine: {result['machine_cpu_cores_busy']} of its cores"
+        " busy)",
+        f"create, {result['runs'][3]['concurrency']} in flight: CPU"
+        f" {result['create_service_cpu_cores']} cores"
+        f" (machine: {result['create_machine_cpu_cores_busy']} of its cores busy)",
     ]
     return "\n".join(lines)
+
+
+def _judged(verdict: dict[str, Any]) -> str:
+    return _verdict(verdict["value"], verdict["target"], at_least=verdict["at_least"])
 
 
 def _topologies(result: dict[str, Any]) -> str:

@@ -51,12 +51,13 @@ class WriteSet:
     outcome: str
 
 
-async def sample_write_sets(admin_dsn: str) -> dict[str, WriteSet]:
-    """One executed command of each type in the mix, and every row it wrote, read as the owner."""
+async def sample_write_sets(admin_dsn: str, command_types: tuple[str, ...] = MIX) -> dict[str, WriteSet]:
+    """One executed command of each type (those of the mix unless told), and every row it wrote, read as
+    the owner."""
     conn = await asyncpg.connect(admin_dsn)
     try:
         samples = {}
-        for command_type in MIX:
+        for command_type in command_types:
             row = await conn.fetchrow(
                 "SELECT tenant_id, command_id, outcome::text FROM command_log WHERE command_type = $1 "
                 "AND status < 300 ORDER BY recorded_at DESC LIMIT 1",

@@ -162,6 +162,26 @@ class CommandMix:
         return send
 
 
+class CreateOnly:
+    """`careplan.create` and nothing else, from callers spread over the tenants (no set-up needed)."""
+
+    def __init__(self, client: CommandClient, keys: DevKeys, *, run_id: str) -> None:
+        self._client = client
+        self._tokens = [keys.mint(tenant_id=f"{run_id}t{i}", roles=["clinician"]) for i in range(TENANTS)]
+        self._patients = itertools.count()
+        self.errors: list[dict[str, Any]] = []
+
+    def request(self) -> Request:
+        async def send(index: int, _n: int) -> bool:
+            plan = new_plan(f"patient-{next(self._patients)}")
+            reply = await self._client.send("careplan.create", plan, self._tokens[index % TENANTS])
+            if not reply.get("ok"):
+                self.errors.append(reply)
+            return bool(reply.get("ok"))
+
+        return send
+
+
 def worst_search() -> list[tuple[str, str]]:
     """The costliest search the caps allow (fhir_read.search_query), within the POST body limit:
     MAX_CRITERIA parameters of MAX_OR_VALUES values each, of the costlier kinds (token index lookups, `ap`

@@ -12,6 +12,9 @@ from typing import Any
 from domain.entities import Activity, CarePlan, CareTeam, Goal, GoalTarget, Quantity, Versioned
 from domain.values import CodeableConcept, Coding, Note, Period
 
+# Every status vocabulary of ours has this code (FHIR's "recorded in error"); each machine ends there.
+ENTERED_IN_ERROR = "entered-in-error"
+
 JSON = dict[str, Any]
 
 US_CORE_CAREPLAN = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan"
@@ -339,6 +342,39 @@ def _narrative(rows: list[tuple[str, str]]) -> str:
 V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PROVENANCE_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 SUBJECT_IDENTIFIER_SYSTEM = "urn:care-plan-service:jwt-subject"
+
+
+def render_resource(entity: Versioned) -> tuple[str, JSON]:
+    """Any resource of a care plan as its FHIR type and JSON."""
+    match entity:
+        case CarePlan():
+            return "CarePlan", render_care_plan(entity)
+        case Goal():
+            return "Goal", render_goal(entity)
+        case Activity():
+            return "Task", render_task(entity)
+        case CareTeam():
+            return "CareTeam", render_care_team(entity)
+    raise TypeError(f"cannot render {type(entity).__name__}")
+
+
+def data_operation(answered: Versioned, changed: list[Versioned]) -> str:
+    """The v3-DataOperation of a command's audit record: CREATE when the resource it answers with is new,
+    NULLIFY when it marked a resource entered in error (a correction, never a delete), else UPDATE."""
+    if answered.version == 1:
+        return "CREATE"
+    if any(_status_of(entity) == ENTERED_IN_ERROR for entity in changed):
+        return "NULLIFY"
+    return "UPDATE"
+
+
+def _status_of(entity: Versioned) -> str:
+    match entity:
+        case Goal():
+            return entity.lifecycle_status.value
+        case CarePlan() | Activity() | CareTeam():
+            return entity.status.value
+    raise TypeError(f"no status on {type(entity).__name__}")
 
 
 def render_provenance(

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from domain.entities import Activity
+from domain.errors import VersionConflict
 from domain.statuses import TaskStatus
 from handlers import translate
-from handlers.context import CommandContext, CommandResult
-from handlers.plan_changes import load_plan, load_plan_of, reject_existing_id, result, store_changes
-from handlers.ports import UnitOfWork
+from handlers.context import CommandContext, result
+from handlers.unit_of_work import UnitOfWork
 from schemas.commands import ActivityAdd, ActivityAssign, ActivityChangeStatus
 
 
-async def add_activity(data: ActivityAdd, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+async def add_activity(data: ActivityAdd, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`activity.add`: a Task based on the plan; `ready` when an owner is named (acceptance implied),
     otherwise `draft`, unless the caller says `requested` (DOMAIN.md §3.2)."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     default_status = TaskStatus.READY if data.owner_id else TaskStatus.DRAFT
     activity = Activity(
         id=data.id or str(ctx.new_id()),
@@ -33,25 +33,24 @@ async def add_activity(data: ActivityAdd, ctx: CommandContext, uow: UnitOfWork) 
         priority=data.priority,
         scheduled=translate.period(data.scheduled),
     )
-    await reject_existing_id(uow, "Task", activity.id)
+    if data.id is not None:  # a caller-chosen id taken anywhere in the tenant conflicts, as on plan create
+        existing = await uow.version_of("Task", data.id)
+        if existing is not None:
+            raise VersionConflict(expected=0, current=existing)
     aggregate.add_activity(activity, expected_version=ctx.expected_version, now=ctx.now)
-    await store_changes(uow, ctx, aggregate, operation="CREATE")
-    return result("Task", activity, created=True)
+    await uow.commit(result("Task", activity, created=True))
 
 
-async def assign_activity(data: ActivityAssign, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan_of(uow, "Task", data.activity_id)
+async def assign_activity(data: ActivityAssign, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan_of("Task", data.activity_id)
     aggregate.assign_activity(
         data.activity_id, data.owner_id, expected_version=ctx.expected_version, now=ctx.now
     )
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
-    return result("Task", aggregate.activity(data.activity_id))
+    await uow.commit(result("Task", aggregate.activity(data.activity_id)))
 
 
-async def change_activity_status(
-    data: ActivityChangeStatus, ctx: CommandContext, uow: UnitOfWork
-) -> CommandResult:
-    aggregate = await load_plan_of(uow, "Task", data.activity_id)
+async def change_activity_status(data: ActivityChangeStatus, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan_of("Task", data.activity_id)
     to = TaskStatus(data.status)
     aggregate.change_activity_status(
         data.activity_id,
@@ -61,9 +60,7 @@ async def change_activity_status(
         expected_version=ctx.expected_version,
         now=ctx.now,
     )
-    operation = "NULLIFY" if to is TaskStatus.ENTERED_IN_ERROR else "UPDATE"
-    await store_changes(uow, ctx, aggregate, operation=operation)
-    return result("Task", aggregate.activity(data.activity_id))
+    await uow.commit(result("Task", aggregate.activity(data.activity_id)))
 
 
 def _is_fhir_id(value: str) -> bool:

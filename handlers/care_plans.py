@@ -7,9 +7,8 @@ from domain.entities import CarePlan
 from domain.errors import Unavailable, VersionConflict
 from domain.statuses import CarePlanIntent, CarePlanStatus
 from handlers import translate
-from handlers.context import CommandContext, CommandResult
-from handlers.plan_changes import load_plan, result, store_changes
-from handlers.ports import UnitOfWork
+from handlers.context import CommandContext, result
+from handlers.unit_of_work import UnitOfWork
 from schemas.commands import (
     CarePlanChangeStatus,
     CarePlanCompleteReview,
@@ -19,13 +18,14 @@ from schemas.commands import (
 )
 
 
-async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`careplan.create`. A caller-chosen id that already exists is a version conflict: the create
     expected no version at all (like HTTP's `If-None-Match: *`)."""
     plan_id = data.id or str(ctx.new_id())
-    existing = await uow.load_plan(plan_id)
-    if existing is not None:
-        raise VersionConflict(expected=0, current=existing.plan.version)
+    if data.id is not None:  # a fresh UUID is nobody's yet
+        existing = await uow.find_plan(plan_id)
+        if existing is not None:
+            raise VersionConflict(expected=0, current=existing.plan.version)
     aggregate = CarePlanAggregate.create(
         plan_id=plan_id,
         patient_id=data.patient_id,
@@ -43,13 +43,13 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
         notes=translate.notes(data.notes),
     )
     _ensure_encounter_checked(ctx, None, aggregate.plan)
-    await store_changes(uow, ctx, aggregate, operation="CREATE")
-    return result("CarePlan", aggregate.plan, created=True)
+    uow.add(aggregate)
+    await uow.commit(result("CarePlan", aggregate.plan, created=True))
 
 
-async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`careplan.update`: a merge-patch of the create fields (status has its own command)."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     encounter_before = aggregate.plan.encounter_id
     changes = translate.merge_patch(
         data.changes,
@@ -64,25 +64,20 @@ async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitO
     )
     aggregate.update(changes, expected_version=ctx.expected_version, now=ctx.now)
     _ensure_encounter_checked(ctx, encounter_before, aggregate.plan)
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
-    return result("CarePlan", aggregate.plan)
+    await uow.commit(result("CarePlan", aggregate.plan))
 
 
-async def change_care_plan_status(
-    data: CarePlanChangeStatus, ctx: CommandContext, uow: UnitOfWork
-) -> CommandResult:
+async def change_care_plan_status(data: CarePlanChangeStatus, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`careplan.change_status`, with the cascades to open activities (DOMAIN.md §1.2)."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     to = CarePlanStatus(data.status)
     aggregate.change_status(to, reason=data.reason, expected_version=ctx.expected_version, now=ctx.now)
-    operation = "NULLIFY" if to is CarePlanStatus.ENTERED_IN_ERROR else "UPDATE"
-    await store_changes(uow, ctx, aggregate, operation=operation)
-    return result("CarePlan", aggregate.plan)
+    await uow.commit(result("CarePlan", aggregate.plan))
 
 
-async def request_review(data: CarePlanRequestReview, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+async def request_review(data: CarePlanRequestReview, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`careplan.request_review`: a review Task and the plan's next review date."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     aggregate.request_review(
         review_task_id=str(ctx.new_id()),
         reviewer_id=data.reviewer_id,
@@ -90,15 +85,12 @@ async def request_review(data: CarePlanRequestReview, ctx: CommandContext, uow: 
         expected_version=ctx.expected_version,
         now=ctx.now,
     )
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
-    return result("CarePlan", aggregate.plan)
+    await uow.commit(result("CarePlan", aggregate.plan))
 
 
-async def complete_review(
-    data: CarePlanCompleteReview, ctx: CommandContext, uow: UnitOfWork
-) -> CommandResult:
+async def complete_review(data: CarePlanCompleteReview, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`careplan.complete_review`: close the review, set the next one; `discontinue` revokes the plan."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     aggregate.complete_review(
         outcome=data.outcome,
         notes=translate.notes(data.notes),
@@ -106,8 +98,7 @@ async def complete_review(
         expected_version=ctx.expected_version,
         now=ctx.now,
     )
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
-    return result("CarePlan", aggregate.plan)
+    await uow.commit(result("CarePlan", aggregate.plan))
 
 
 def _ensure_encounter_checked(ctx: CommandContext, encounter_before: str | None, plan: CarePlan) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from domain.entities import Participant
 from handlers import translate
-from handlers.context import CommandContext, CommandResult
-from handlers.plan_changes import load_plan, result, store_changes
-from handlers.ports import UnitOfWork
+from handlers.context import CommandContext, result
+from handlers.unit_of_work import UnitOfWork
 from schemas.commands import CareTeamAddMember, CareTeamRemoveMember, CareTeamUpdateMember
 
 
-async def add_member(data: CareTeamAddMember, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan(uow, data.care_plan_id)
+async def add_member(data: CareTeamAddMember, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan(data.care_plan_id)
     participant = Participant(
         member_id=data.member_id,
         role=translate.concept(data.role),
@@ -21,23 +20,20 @@ async def add_member(data: CareTeamAddMember, ctx: CommandContext, uow: UnitOfWo
     aggregate.add_member(
         participant, new_team_id=lambda: str(ctx.new_id()), expected_version=ctx.expected_version, now=ctx.now
     )
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
     assert aggregate.care_team is not None
-    return result("CareTeam", aggregate.care_team)
+    await uow.commit(result("CareTeam", aggregate.care_team))
 
 
-async def update_member(data: CareTeamUpdateMember, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan(uow, data.care_plan_id)
+async def update_member(data: CareTeamUpdateMember, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan(data.care_plan_id)
     changes = translate.merge_patch(data.changes, {"role": translate.concept, "period": translate.period})
     aggregate.update_member(data.member_id, changes, expected_version=ctx.expected_version, now=ctx.now)
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
     assert aggregate.care_team is not None
-    return result("CareTeam", aggregate.care_team)
+    await uow.commit(result("CareTeam", aggregate.care_team))
 
 
-async def remove_member(data: CareTeamRemoveMember, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan(uow, data.care_plan_id)
+async def remove_member(data: CareTeamRemoveMember, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan(data.care_plan_id)
     aggregate.remove_member(data.member_id, expected_version=ctx.expected_version, now=ctx.now)
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
     assert aggregate.care_team is not None
-    return result("CareTeam", aggregate.care_team)
+    await uow.commit(result("CareTeam", aggregate.care_team))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from domain.access import Principal
+from domain.entities import Versioned
 from handlers.ports import IdFactory
 from handlers.upstream_checks import CheckedEncounter
 
@@ -16,6 +17,7 @@ class CommandContext:
     principal: Principal
     command_id: uuid.UUID
     command_type: str
+    request_hash: str  # the command's name and canonical body: a reused id with another body is refused
     correlation_id: str | None
     expected_version: int | None
     now: datetime
@@ -37,3 +39,8 @@ class CommandResult:
     resource_type: str
     resource_id: str
     version: int
+
+
+def result(resource_type: str, entity: Versioned, *, created: bool = False) -> CommandResult:
+    """What the caller is told: `entity` at its new version, 201 when the command made it."""
+    return CommandResult(201 if created else 200, resource_type, entity.id, entity.version)

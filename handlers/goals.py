@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from domain.entities import Goal
+from domain.errors import VersionConflict
 from domain.statuses import GoalAchievement, GoalLifecycleStatus
 from handlers import translate
-from handlers.context import CommandContext, CommandResult
-from handlers.plan_changes import load_plan, load_plan_of, reject_existing_id, result, store_changes
-from handlers.ports import UnitOfWork
+from handlers.context import CommandContext, result
+from handlers.unit_of_work import UnitOfWork
 from schemas.commands import GoalAdd, GoalChangeStatus, GoalUpdate
 
 
-async def add_goal(data: GoalAdd, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
+async def add_goal(data: GoalAdd, ctx: CommandContext, uow: UnitOfWork) -> None:
     """`goal.add`: a new Goal for the plan's patient, and the plan's goal list grows (both new versions)."""
-    aggregate = await load_plan(uow, data.care_plan_id)
+    aggregate = await uow.plan(data.care_plan_id)
     goal = Goal(
         id=data.id or str(ctx.new_id()),
         version=0,
@@ -32,14 +32,16 @@ async def add_goal(data: GoalAdd, ctx: CommandContext, uow: UnitOfWork) -> Comma
         addresses=translate.concepts(data.addresses),
         notes=translate.notes(data.notes),
     )
-    await reject_existing_id(uow, "Goal", goal.id)
+    if data.id is not None:  # a caller-chosen id taken anywhere in the tenant conflicts, as on plan create
+        existing = await uow.version_of("Goal", data.id)
+        if existing is not None:
+            raise VersionConflict(expected=0, current=existing)
     aggregate.add_goal(goal, expected_version=ctx.expected_version, now=ctx.now)
-    await store_changes(uow, ctx, aggregate, operation="CREATE")
-    return result("Goal", goal, created=True)
+    await uow.commit(result("Goal", goal, created=True))
 
 
-async def update_goal(data: GoalUpdate, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan_of(uow, "Goal", data.goal_id)
+async def update_goal(data: GoalUpdate, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan_of("Goal", data.goal_id)
     changes = translate.merge_patch(
         data.changes,
         {
@@ -54,12 +56,11 @@ async def update_goal(data: GoalUpdate, ctx: CommandContext, uow: UnitOfWork) ->
     if "category" in changes:
         changes["categories"] = changes.pop("category")
     aggregate.update_goal(data.goal_id, changes, expected_version=ctx.expected_version, now=ctx.now)
-    await store_changes(uow, ctx, aggregate, operation="UPDATE")
-    return result("Goal", aggregate.goal(data.goal_id))
+    await uow.commit(result("Goal", aggregate.goal(data.goal_id)))
 
 
-async def change_goal_status(data: GoalChangeStatus, ctx: CommandContext, uow: UnitOfWork) -> CommandResult:
-    aggregate = await load_plan_of(uow, "Goal", data.goal_id)
+async def change_goal_status(data: GoalChangeStatus, ctx: CommandContext, uow: UnitOfWork) -> None:
+    aggregate = await uow.plan_of("Goal", data.goal_id)
     lifecycle = GoalLifecycleStatus(data.lifecycle_status) if data.lifecycle_status else None
     aggregate.change_goal_status(
         data.goal_id,
@@ -69,6 +70,4 @@ async def change_goal_status(data: GoalChangeStatus, ctx: CommandContext, uow: U
         expected_version=ctx.expected_version,
         now=ctx.now,
     )
-    operation = "NULLIFY" if lifecycle is GoalLifecycleStatus.ENTERED_IN_ERROR else "UPDATE"
-    await store_changes(uow, ctx, aggregate, operation=operation)
-    return result("Goal", aggregate.goal(data.goal_id))
+    await uow.commit(result("Goal", aggregate.goal(data.goal_id)))

@@ -20,12 +20,13 @@ from faststream.nats.annotations import NatsMessage as NatsMessageParam
 from nats.js.api import AckPolicy as JsAckPolicy
 
 from domain.errors import Unavailable
+from handlers.answers import error_reply
 from handlers.errors import ErrorCode, Rejection
-from handlers.pipeline import CommandProcessor, IncomingCommand, error_reply
+from handlers.pipeline import CommandProcessor, CommandRequest, authorization_header
 from handlers.ports import CommandObserver, NoObserver, TokenVerifier
 from handlers.queries import QUERY_SUBJECT, OutcomeReader, command_outcome
-from handlers.registry import COMMANDS
 from handlers.reply_subjects import ReplySubjects
+from schemas.commands import COMMAND_SUBJECT_PREFIX
 from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,36 @@ def register_outcome_query(
             await broker.publish(orjson.dumps(reply.to_wire()), subject=raw.reply)
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A command message as JetStream delivered it: what a reply, a retry or the dead-letter copy need."""
+
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def command_name(self) -> str:
+        return self.subject.removeprefix(COMMAND_SUBJECT_PREFIX)
+
+    @property
+    def message_id(self) -> str | None:
+        return self.headers.get("Nats-Msg-Id")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+    def request(self) -> CommandRequest:
+        return CommandRequest(
+            command=self.command_name,
+            envelope=self.body,
+            authorization=authorization_header(self.headers),
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+        )
+
+
 async def handle_delivery(
     broker: NatsBroker,
     processor: CommandProcessor,
@@ -195,15 +226,16 @@ async def handle_delivery(
     drain = drain or Drain()
     replies = replies or ReplySubjects.allowing()
     raw = msg.raw_message
-    incoming = IncomingCommand(subject=raw.subject, body=raw.data or b"", headers=dict(raw.headers or {}))
-    command = incoming.command_name if incoming.command_name in COMMANDS else "unknown"
+    incoming = Delivery(raw.subject, raw.data or b"", dict(raw.headers or {}))
+    request = incoming.request()
+    command = request.command if request.command in processor.commands else "unknown"
     delivered = raw.metadata.num_delivered or 1
     if delivered > 1:
         observer.command_redelivered(command, delivered)
     try:
         try:
             async with drain.bounded(), _heartbeat(msg, policy):
-                reply = await processor.process(incoming)
+                reply = await processor.process(request)
         except TimeoutError:
             if not drain.expired:
                 raise
@@ -267,7 +299,7 @@ def _hand_back(msg: NatsMessage) -> None:
 
 async def send_reply(
     broker: NatsBroker,
-    incoming: IncomingCommand,
+    incoming: Delivery,
     reply: Reply,
     replies: ReplySubjects,
     observer: CommandObserver,
@@ -305,9 +337,7 @@ def _reply_allowed(
     return False
 
 
-async def _dead_letter(
-    broker: NatsBroker, incoming: IncomingCommand, delivered: int, exc: BaseException
-) -> None:
+async def _dead_letter(broker: NatsBroker, incoming: Delivery, delivered: int, exc: BaseException) -> None:
     log.error(
         "command %s %s dead-lettered after %d deliveries: %s",
         incoming.command_name,

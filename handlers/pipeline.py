@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from domain.access import DEFAULT_ROLE_PERMISSIONS, Principal, authorize_write
 from domain.errors import DomainError, Unavailable
+from handlers.answers import error_reply
 from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
@@ -27,14 +28,15 @@ from handlers.ports import (
     NoObserver,
     StoredOutcome,
     TokenVerifier,
-    UnitOfWorkFactory,
+    TransactionFactory,
     UpstreamServices,
 )
-from handlers.registry import COMMANDS, CommandSpec
+from handlers.registry import Commands, CommandSpec
+from handlers.unit_of_work import UnitOfWork
 from handlers.upstream_checks import CheckedEncounter, check_references, references_of
-from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
+from schemas.commands import MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
 from schemas.fhir_validation import InvalidFhirResource
-from schemas.replies import ErrorBody, Reply, ResultBody
+from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -43,88 +45,78 @@ MAX_REPORTED_ERRORS = 100
 
 
 @dataclass(frozen=True, slots=True)
-class IncomingCommand:
-    subject: str
-    body: bytes
-    headers: Mapping[str, str]
+class CommandRequest:
+    """One command as its transport hands it over, read once. NATS builds it from subject, headers and
+    body; REST from route, headers and parsed body, after admitting the caller (`principal`)."""
+
+    command: str  # the registry name, e.g. `careplan.create`
+    envelope: bytes | Mapping[str, Any]  # CONTRACT §2's envelope: JSON (NATS) or already parsed (REST)
+    authorization: str | None  # the `Authorization: Bearer <JWT>` header
+    message_id: str | None = None  # the transport's id for it (Nats-Msg-Id): the reply's until the body says
+    correlation_id: str | None = None
     transport: str = "nats"
-
-    @property
-    def command_name(self) -> str:
-        return self.subject.removeprefix(COMMAND_SUBJECT_PREFIX)
-
-    @property
-    def message_id(self) -> str | None:
-        return self.headers.get("Nats-Msg-Id")
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.headers.get("correlation_id")
+    principal: Principal | None = None  # authenticated and authorized already (REST's `admit`)
 
 
 class CommandProcessor:
-    """Turns an incoming command into its final reply. Raises `domain.errors.Unavailable` when a
+    """Turns a command request into its final reply. Raises `domain.errors.Unavailable` when a
     dependency is down (the caller retries); every other outcome is a Reply."""
 
     def __init__(
         self,
         *,
+        commands: Commands,
         verifier: TokenVerifier,
-        unit_of_work: UnitOfWorkFactory,
+        transactions: TransactionFactory,
         clock: Clock,
         new_id: IdFactory,
         role_permissions: Mapping[str, frozenset[str]] = DEFAULT_ROLE_PERMISSIONS,
         upstream: UpstreamServices | None = None,
         observer: CommandObserver | None = None,
     ) -> None:
+        self.commands = commands
         self._observer = observer or NoObserver()
         self._upstream = upstream  # None: ids and codes are taken as given (CAREPLAN_UPSTREAM_MODE=off)
         self._verifier = verifier
-        self._unit_of_work = unit_of_work
+        self._transactions = transactions
         self._clock = clock
         self._new_id = new_id
         self._role_permissions = role_permissions
 
-    async def admit(self, command_name: str, headers: Mapping[str, str]) -> tuple[CommandSpec, Principal]:
+    async def admit(self, command: str, authorization: str | None) -> tuple[CommandSpec, Principal]:
         """Authenticate and authorize before anything else is looked at: the REST edge asks this first, so
         a caller who may not write learns that before being told how to shape the request."""
-        principal = await authenticate(self._verifier, bearer_token(headers))
-        spec = COMMANDS.get(command_name)
-        if spec is None:
-            raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {command_name!r}")
-        try:
-            authorize_write(principal, spec.permission, self._role_permissions)
-        except DomainError as exc:
-            raise rejection_for(exc) from exc
+        principal = await authenticate(self._verifier, bearer_token(authorization))
+        spec = self._spec(command)
+        self._authorize(principal, spec)
         return spec, principal
 
-    async def process(self, incoming: IncomingCommand) -> Reply:
+    async def process(self, request: CommandRequest) -> Reply:
         started = time.perf_counter()
-        seen = _Seen(command_id=incoming.message_id)
+        seen = _Seen(command_id=request.message_id)
         try:
-            reply = await self._process(incoming, seen)
+            reply = await self._process(request, seen)
         except Exception as exc:
             # No outcome: the transport retries (NATS) or answers 503/500 (HTTP).
             outcome = "unavailable" if isinstance(exc, Unavailable) else "error"
             self._observe(
-                incoming, seen, started, outcome=outcome, status=503 if outcome == "unavailable" else 500
+                request, seen, started, outcome=outcome, status=503 if outcome == "unavailable" else 500
             )
             raise
         outcome = "ok" if reply.error is None else reply.error.code
-        self._observe(incoming, seen, started, outcome=outcome, status=reply.status)
+        self._observe(request, seen, started, outcome=outcome, status=reply.status)
         return reply
 
     def _observe(
-        self, incoming: IncomingCommand, seen: _Seen, started: float, *, outcome: str, status: int
+        self, request: CommandRequest, seen: _Seen, started: float, *, outcome: str, status: int
     ) -> None:
-        name = incoming.command_name
         self._observer.command_processed(
             CommandObservation(
-                transport=incoming.transport,
-                command=name if name in COMMANDS else "unknown",
+                transport=request.transport,
+                command=request.command if request.command in self.commands else "unknown",
                 command_id=seen.command_id,
                 tenant_id=seen.tenant_id,
-                correlation_id=incoming.correlation_id,
+                correlation_id=request.correlation_id,
                 outcome=outcome,
                 status=status,
                 duration_s=time.perf_counter() - started,
@@ -132,38 +124,46 @@ class CommandProcessor:
             )
         )
 
-    async def _process(self, incoming: IncomingCommand, seen: _Seen) -> Reply:
-        command_id: str | None = incoming.message_id
+    def _spec(self, command: str) -> CommandSpec:
+        spec = self.commands.get(command)
+        if spec is None:
+            raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {command!r}")
+        return spec
+
+    def _authorize(self, principal: Principal, spec: CommandSpec) -> None:
         try:
-            if len(incoming.body) > MAX_BODY_BYTES:
+            authorize_write(principal, spec.permission, self._role_permissions)
+        except DomainError as exc:
+            raise rejection_for(exc) from exc
+
+    async def _process(self, request: CommandRequest, seen: _Seen) -> Reply:
+        command_id: str | None = request.message_id
+        try:
+            if isinstance(request.envelope, bytes) and len(request.envelope) > MAX_BODY_BYTES:
                 raise Rejection(
                     ErrorCode.PAYLOAD_TOO_LARGE,
-                    f"body is {len(incoming.body)} bytes; the limit is {MAX_BODY_BYTES}",
+                    f"body is {len(request.envelope)} bytes; the limit is {MAX_BODY_BYTES}",
                     {"limit_bytes": MAX_BODY_BYTES},
                 )
-            if "\x00" in (incoming.correlation_id or ""):
+            if "\x00" in (request.correlation_id or ""):
                 raise Rejection(
                     ErrorCode.VALIDATION_ERROR,
                     "the correlation_id header may not contain NUL",
                     {"errors": [{"path": "headers.correlation_id", "message": "contains NUL"}]},
                 )
-            token = bearer_token(incoming.headers)
-            principal = await authenticate(self._verifier, token)
+            token = bearer_token(request.authorization)
+            principal = request.principal or await authenticate(self._verifier, token)
             seen.tenant_id = principal.tenant_id
-            spec = COMMANDS.get(incoming.command_name)
-            if spec is None:
-                raise Rejection(ErrorCode.UNKNOWN_COMMAND, f"no command {incoming.command_name!r}")
-            envelope, canonical = _parse_envelope(incoming.body)
+            spec = self._spec(request.command)
+            envelope, canonical = _parse_envelope(request.envelope)
             command_id = seen.command_id = str(envelope.command_id)
-            try:
-                authorize_write(principal, spec.permission, self._role_permissions)
-            except DomainError as exc:
-                raise rejection_for(exc) from exc
+            if request.principal is None:
+                self._authorize(principal, spec)
             data = _validate(spec.data_model, envelope.data, prefix=("data",))
             reject_invalid_codes(data)
             request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
             return await self._execute_once(
-                spec, principal, token, envelope, data, request_hash, incoming, seen
+                spec, principal, token, envelope, data, request_hash, request, seen
             )
         except Rejection as rejection:
             return error_reply(command_id, rejection)
@@ -179,7 +179,7 @@ class CommandProcessor:
         envelope: CommandEnvelope,
         data: BaseModel,
         request_hash: str,
-        incoming: IncomingCommand,
+        request: CommandRequest,
         seen: _Seen,
     ) -> Reply:
         checked_encounter: CheckedEncounter | None = None
@@ -188,10 +188,10 @@ class CommandProcessor:
         if self._upstream is not None and refs:
             # Ask the command log first: a command already answered is answered again, whatever the
             # upstream services say (or fail to say) now.
-            async with self._unit_of_work(principal.tenant_id) as uow:
-                stored = await uow.find_outcome(envelope.command_id)
+            async with self._transactions(principal.tenant_id) as peek:
+                stored = await peek.find_outcome(envelope.command_id)
                 plan_patient = (
-                    await uow.plan_patient(refs.plan_id) if refs.plan_id and refs.encounter else None
+                    await peek.plan_patient(refs.plan_id) if refs.plan_id and refs.encounter else None
                 )
             if stored is not None:
                 seen.replayed = stored.request_hash == request_hash
@@ -210,48 +210,31 @@ class CommandProcessor:
             principal=principal,
             command_id=envelope.command_id,
             command_type=spec.name,
-            correlation_id=incoming.correlation_id,
+            request_hash=request_hash,
+            correlation_id=request.correlation_id,
             expected_version=envelope.expected_version,
             now=self._clock(),
             new_id=self._new_id,
             upstream_checked=self._upstream is not None,
             checked_encounter=checked_encounter,
         )
-        async with self._unit_of_work(principal.tenant_id) as uow:
-            await uow.lock_command(envelope.command_id)
-            stored = await uow.find_outcome(envelope.command_id)
+        async with self._transactions(principal.tenant_id) as transaction:
+            stored = await transaction.claim(envelope.command_id)
             if stored is not None:
                 seen.replayed = stored.request_hash == request_hash
                 return _answer_again(stored, request_hash)
+            uow = UnitOfWork(transaction, ctx)
             try:
                 if refused is not None:
                     raise refused
-                result = await spec.execute(data, ctx, uow)
-                reply = Reply(
-                    command_id=str(envelope.command_id),
-                    ok=True,
-                    status=result.status,
-                    result=ResultBody(
-                        resource_type=result.resource_type, id=result.resource_id, version=result.version
-                    ),
-                )
+                await spec.execute(data, ctx, uow)
             except DomainError as exc:
-                # Business rejections are final: remember them, so a redelivery gets the same answer. Use
-                # cases decide before they write; one that wrote first has its writes rolled back here.
-                if uow.has_written:
-                    await uow.restart()
-                    await uow.lock_command(envelope.command_id)
-                reply = error_reply(str(envelope.command_id), rejection_for(exc))
-            await uow.record_outcome(
-                envelope.command_id,
-                command_type=spec.name,
-                request_hash=request_hash,
-                status=reply.status,
-                outcome=reply.model_dump(mode="json", exclude_none=True),
-                correlation_id=incoming.correlation_id,
-            )
-            await uow.commit()
-            return reply.at_position(uow.commit_position)
+                # Business rejections are final: remember them, so a redelivery gets the same answer.
+                # Nothing of the use case was written: the unit of work writes only at commit.
+                await uow.reject(error_reply(str(envelope.command_id), rejection_for(exc)))
+            if uow.answer is None:
+                raise RuntimeError(f"{spec.name} ended without committing its unit of work")
+            return uow.answer
 
 
 @dataclass(slots=True)
@@ -282,13 +265,16 @@ def answer_from_log(stored: StoredOutcome) -> Reply:
 
 async def authenticate_headers(verifier: TokenVerifier, headers: Mapping[str, str]) -> Principal:
     """The principal of a NATS message's `Authorization: Bearer <JWT>` header, or UNAUTHENTICATED."""
-    return await authenticate(verifier, bearer_token(headers))
+    return await authenticate(verifier, bearer_token(authorization_header(headers)))
 
 
-def bearer_token(headers: Mapping[str, str]) -> str:
+def authorization_header(headers: Mapping[str, str]) -> str | None:
+    return headers.get("Authorization") or headers.get("authorization")
+
+
+def bearer_token(authorization: str | None) -> str:
     """The JWT of an `Authorization: Bearer <JWT>` header, or UNAUTHENTICATED."""
-    authorization = headers.get("Authorization") or headers.get("authorization") or ""
-    scheme, _, token = authorization.partition(" ")
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Rejection(ErrorCode.UNAUTHENTICATED, "an `Authorization: Bearer <JWT>` header is required")
     return token.strip()
@@ -320,9 +306,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return raw
 
 
-def _parse_envelope(body: bytes) -> tuple[CommandEnvelope, bytes]:
+def _parse_envelope(body: bytes | Mapping[str, Any]) -> tuple[CommandEnvelope, bytes]:
     """The envelope and its canonical bytes (sorted keys), which the idempotency check compares."""
-    raw = parse_json_object(body)
+    raw = parse_json_object(body) if isinstance(body, bytes) else body
     reject_unstorable(raw)
     envelope = _validate(CommandEnvelope, raw, prefix=())
     return envelope, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
@@ -370,12 +356,3 @@ def reject_unstorable(body: Any) -> None:
                 problem,
                 {"errors": [{"path": ".".join(str(p) for p in path), "message": problem}]},
             )
-
-
-def error_reply(command_id: str | None, rejection: Rejection) -> Reply:
-    return Reply(
-        command_id=command_id,
-        ok=False,
-        status=rejection.status,
-        error=ErrorBody(code=rejection.code.value, message=rejection.message, details=rejection.details),
-    )

@@ -45,57 +45,82 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class ResourceVersion:
-    """One new version of a FHIR resource, rendered and validated, ready to store."""
+class NewVersion:
+    """One new version of a resource: the domain record (its state and search columns) and its FHIR JSON."""
 
     resource_type: str
-    resource_id: str
-    version: int
-    last_updated: datetime
+    entity: Versioned
     resource: dict[str, Any]
 
 
-class UnitOfWork(Protocol):
-    """One tenant-bound transaction; `storage.unit_of_work.SqlUnitOfWork` is the real one."""
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A command's Provenance, with what its searches and the patient wall need besides the JSON."""
+
+    resource: dict[str, Any]
+    recorded: datetime
+    patient_id: str | None
+    targets: tuple[str, ...]  # "Type/id" of each resource the command changed
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """The command log's row: the reply a redelivery of the same command gets again."""
+
+    command_id: uuid.UUID
+    command_type: str
+    request_hash: str
+    status: int
+    reply: dict[str, Any]
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """Everything one command writes, in one go: its outcome always; on success the new versions (current
+    rows, history, search index), one Provenance, and the outbox (domain events and the audit event)."""
+
+    outcome: CommandOutcome
+    versions: tuple[NewVersion, ...] = ()
+    provenance: AuditRecord | None = None
+    outbox: tuple[OutboxMessage, ...] = ()
+
+
+class Transaction(Protocol):
+    """The unit of work's port: one tenant-bound transaction (`storage.transaction.SqlTransaction` is the
+    real one). Reads lock what they return; nothing is written until `commit`."""
 
     tenant_id: str
-    has_written: bool  # current rows were written in this transaction
-    commit_position: str | None  # after commit(): a WAL position at or after the commit (CONTRACT §11)
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: Any) -> None: ...
-    async def commit(self) -> None: ...
-    async def restart(self) -> None:
-        """Roll back and begin a new transaction on the same tenant."""
+
+    async def claim(self, command_id: uuid.UUID) -> StoredOutcome | None:
+        """Hold this command id until commit (a concurrent delivery of it waits here), and its outcome when
+        it already has one."""
         ...
 
-    async def lock_command(self, command_id: uuid.UUID) -> None: ...
-    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None: ...
-    async def record_outcome(
-        self,
-        command_id: uuid.UUID,
-        *,
-        command_type: str,
-        request_hash: str,
-        status: int,
-        outcome: dict[str, Any],
-        correlation_id: str | None,
-    ) -> None: ...
+    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None:
+        """The outcome if any, without holding the id: asked before upstream checks."""
+        ...
 
-    async def load_plan(self, plan_id: str) -> CarePlanAggregate | None: ...
+    async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
+        """The whole aggregate, its plan row locked until commit."""
+        ...
+
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None: ...
-    async def plan_patient(self, plan_id: str) -> str | None: ...
-    async def save_versions(
-        self, changed: list[tuple[str, Versioned]], versions: list[ResourceVersion]
-    ) -> None: ...
-    async def append_history(self, versions: list[ResourceVersion], *, command_id: uuid.UUID) -> None: ...
-    async def add_provenance(
-        self, provenance: dict[str, Any], *, recorded: datetime, patient_id: str | None, targets: list[str]
-    ) -> None: ...
-    async def add_to_outbox(self, messages: list[OutboxMessage]) -> None: ...
+
+    async def plan_patient(self, plan_id: str) -> str | None:
+        """The plan's patient, unlocked: read before the transaction, for the upstream checks."""
+        ...
+
+    async def commit(self, record: CommitRecord) -> str | None:
+        """Write the record and commit; the commit's WAL position (CONTRACT §11), when known. A version
+        guard that fails (a lost update) raises before anything is committed."""
+        ...
 
 
-UnitOfWorkFactory = Callable[[str], UnitOfWork]  # tenant_id -> a fresh unit of work
+TransactionFactory = Callable[[str], Transaction]  # tenant_id -> a fresh transaction
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], uuid.UUID]
 

@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 
 from domain.access import Principal
+from handlers.answers import error_reply
 from handlers.errors import ErrorCode, Rejection
-from handlers.pipeline import answer_from_log, authenticate_headers, error_reply
+from handlers.pipeline import answer_from_log, authenticate_headers
 from handlers.ports import StoredOutcome, TokenVerifier
 from schemas.replies import Reply
 

@@ -8,9 +8,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from handlers.openapi import openapi_document
+from handlers.registry import standard_commands
 from service.asyncapi import DOCUMENT_PATH as ASYNCAPI_PATH
 from service.asyncapi import REGENERATE_COMMAND, render_asyncapi, render_json
+from service.openapi import openapi_document
 
 DOCS = ASYNCAPI_PATH.parent
 OPENAPI_PATH = DOCS / "openapi.json"
@@ -18,7 +19,7 @@ __all__ = ["OPENAPI_PATH", "REGENERATE_COMMAND", "main", "render_openapi"]
 
 
 def render_openapi() -> str:
-    return render_json(openapi_document())
+    return render_json(openapi_document(standard_commands()))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

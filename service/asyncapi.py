@@ -29,7 +29,7 @@ from handlers.nats_consumer import (
 from handlers.pipeline import CommandProcessor
 from handlers.ports import StoredOutcome
 from handlers.queries import QUERY_SUBJECT
-from handlers.registry import COMMANDS, CommandSpec, VersionCheck
+from handlers.registry import CommandSpec, VersionCheck, standard_commands
 from schemas.commands import COMMAND_SUBJECT_PREFIX, CONTRACT_VERSION, CommandEnvelope
 from schemas.events import CloudEvent, audit_subject, event_subject
 from schemas.replies import Reply
@@ -67,23 +67,7 @@ EVENTS: dict[str, str] = {
     "metrics.goal_achievement": "Scheduler, per tenant and period: goal counts by status (no resource).",
 }
 
-# CONTRACT §4's "version checked" column, the part the registry does not hold: whose version
-# `expected_version` is compared with (whether one is needed is the registry's `CommandSpec.version`).
-VERSION_TARGET: dict[str, str] = {
-    "careplan.update": "plan",
-    "careplan.change_status": "plan",
-    "careplan.request_review": "plan",
-    "careplan.complete_review": "plan",
-    "goal.add": "plan",
-    "goal.update": "goal",
-    "goal.change_status": "goal",
-    "activity.add": "plan",
-    "activity.assign": "activity",
-    "activity.change_status": "activity",
-    "careteam.add_member": "care team",
-    "careteam.update_member": "care team",
-    "careteam.remove_member": "care team",
-}
+COMMANDS = standard_commands()  # the documented service runs the standard commands
 
 
 class OutcomeQuery(BaseModel):
@@ -120,7 +104,11 @@ def build_documented_broker() -> NatsBroker:
         description="Any NATS server with JetStream; the service's is set by CAREPLAN_NATS_URL.",
     )
     processor = CommandProcessor(
-        verifier=_NotServing(), unit_of_work=_not_serving, clock=_not_serving, new_id=_not_serving
+        commands=COMMANDS,
+        verifier=_NotServing(),
+        transactions=_not_serving,
+        clock=_not_serving,
+        new_id=_not_serving,
     )
     # Its one channel `careplan.cmd.>` with an untyped body would duplicate the per-command channels below.
     register_command_consumer(broker, processor, DeliveryPolicy(), include_in_schema=False)
@@ -214,11 +202,12 @@ def _command_description(spec: CommandSpec) -> str:
     if spec.version is VersionCheck.NONE:
         version = "Takes no `expected_version`."
     else:
-        whose = VERSION_TARGET[spec.name]
+        whose = spec.version_target
         need = "required" if spec.version is VersionCheck.REQUIRED else "optional: omit it to skip the check"
         version = f"`expected_version` is checked against the {whose}'s ({need}); VERSION_CONFLICT 409."
     return (
         f"Command `{spec.name}` (CONTRACT §4). Needs permission `{spec.permission}`. {version} "
+        f"Events: {', '.join(f'`careplan.{name}`' for name in spec.events)}, and its audit Provenance. "
         f"The outcome goes to `{REPLY_CHANNEL}`."
     )
 

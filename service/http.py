@@ -19,11 +19,11 @@ from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.search import add_search_routes
 from handlers.errors import Rejection
-from handlers.openapi import OPENAPI_PATH, openapi_document
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
 from handlers.queries import stored_outcome
-from handlers.rest_api import CORRELATION_HEADER, add_command_routes
+from service.openapi import OPENAPI_PATH, openapi_document
+from service.rest_api import CORRELATION_HEADER, add_command_routes
 from service.telemetry import ServiceMetrics
 from storage.read_routing import ReadRouter
 from storage.reads import read_command_outcome
@@ -69,7 +69,7 @@ def create_http_app(
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if processor is not None:
         add_command_routes(app, processor, fhir_base=public_base_url)
-        document = orjson.dumps(openapi_document())
+        document = orjson.dumps(openapi_document(processor.commands))
 
         async def openapi(_: web.Request) -> web.Response:
             return web.Response(body=document, content_type="application/json")

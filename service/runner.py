@@ -31,6 +31,7 @@ from handlers.nats_consumer import (
 )
 from handlers.pipeline import CommandProcessor
 from handlers.ports import UpstreamServices
+from handlers.registry import standard_commands
 from handlers.reply_subjects import UnsafeReplyPrefix
 from integrations.identity import JwksSource, JwtVerifier
 from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
@@ -45,7 +46,7 @@ from storage.outbox_relay import OutboxRelay, RelaySettings
 from storage.read_routing import ReadRouter
 from storage.reads import ping, read_command_outcome, runtime_role_problem
 from storage.schedule_store import SqlScheduleStore
-from storage.unit_of_work import SqlUnitOfWork
+from storage.transaction import SqlTransaction
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ async def start_service(settings: Settings) -> RunningService:
     upstream = upstream_services(settings, nc)
     processor = CommandProcessor(
         verifier=verifier,
-        unit_of_work=lambda tenant_id: SqlUnitOfWork(runtime_engine, tenant_id),
+        commands=standard_commands(),
+        transactions=lambda tenant_id: SqlTransaction(runtime_engine, tenant_id),
         clock=utc_now,
         new_id=uuid.uuid4,
         role_permissions=settings.role_table(),

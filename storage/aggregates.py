@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import TypeAdapter
 from sqlalchemy import Table, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
-from handlers.ports import ResourceVersion
+from handlers.ports import NewVersion
 from storage import tables
 
 _STATE: dict[str, TypeAdapter[Any]] = {
@@ -90,43 +90,18 @@ async def plan_id_of(
     return plan_id
 
 
-def _upsert(table: Table) -> Any:
-    """INSERT at version 1, UPDATE after; built once per table, so SQLAlchemy compiles it once."""
-    statement = insert(table)
-    updated = [c.name for c in table.columns if c.name not in ("tenant_id", "id")]
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.tenant_id, table.c.id],
-        set_={name: statement.excluded[name] for name in updated},
-        # The plan row lock already serialises writers; this guards against a lost update regardless.
-        where=table.c.version == statement.excluded.version - 1,
-    )
-
-
-_UPSERTS = {resource_type: _upsert(table) for resource_type, table in _TABLES.items()}
-
-
-async def save_versions(
-    conn: AsyncConnection,
-    tenant_id: str,
-    changed: list[tuple[str, Versioned]],
-    versions: list[ResourceVersion],
-) -> None:
-    """Write each changed resource's current row (insert at version 1, update after); the caller
-    reindexes them (`storage.search_index`)."""
-    rendered = {(v.resource_type, v.resource_id): v.resource for v in versions}
-    for resource_type, entity in changed:
-        row = {
-            "tenant_id": tenant_id,
-            "id": entity.id,
-            "version": entity.version,
-            "last_updated": entity.last_updated,
-            "state": _STATE[resource_type].dump_python(entity, mode="json"),
-            "resource": rendered[(resource_type, entity.id)],
-            **_columns(entity),
-        }
-        result = await conn.execute(_UPSERTS[resource_type], row)
-        if result.rowcount != 1:
-            raise RuntimeError(f"{resource_type}/{entity.id} was not at version {entity.version - 1}")
+def current_row(version: NewVersion) -> dict[str, Any]:
+    """The current row of a new version: domain state and FHIR JSON (as JSON text) and the columns that
+    searches and lookups use."""
+    entity = version.entity
+    return {
+        "id": entity.id,
+        "version": entity.version,
+        "last_updated": entity.last_updated,
+        "state": _STATE[version.resource_type].dump_json(entity).decode(),
+        "resource": orjson.dumps(version.resource).decode(),
+        **_columns(entity),
+    }
 
 
 def _columns(entity: Versioned) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from domain.schedule import GOAL_CAN_BE_OVERDUE, GOAL_ON_TRACK, PLAN_UNDER_REVIE
 from handlers.ports import GoalCounts, OutboxMessage, ScheduleCandidate
 from storage import tables
 from storage.aggregates import goal_from_state, plan_from_state
-from storage.unit_of_work import insert_outbox
 
 _OVERDUE_GOALS = text(
     """
@@ -180,3 +179,15 @@ class SqlScheduleStore:
             claim = SqlPeriodClaim(conn, tenant_id)
             # A concurrent sweep's insert of the same marker blocks here until it commits, then conflicts.
             yield claim if await claim.mark(kind, "", key) else None
+
+
+async def insert_outbox(conn: AsyncConnection, tenant_id: str, messages: list[OutboxMessage]) -> None:
+    """Outbox rows in the caller's transaction; the relay publishes them once it commits."""
+    if messages:
+        await conn.execute(
+            insert(tables.outbox),
+            [
+                {"tenant_id": tenant_id, "event_id": m.event_id, "subject": m.subject, "payload": m.payload}
+                for m in messages
+            ],
+        )

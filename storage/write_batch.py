@@ -1,88 +1,162 @@
-"""Everything a command writes besides its current rows — search index, history, Provenance, outbox, its
-outcome in the command log — collected during the use case and written at commit as one statement.
+"""Everything one command writes — current rows, search index, history, Provenance, outbox, its outcome in
+the command log — as ONE statement: each kind of row is a part (a CTE) of it, so a command costs one round
+trip to write, however many resources it changed.
 
-Each kind of row is one part (a CTE) of that statement: one round trip where a row at a time cost one
-each. The parts see the statement's snapshot: the index deletes do not see the index inserts."""
+The parts see the statement's snapshot: the index deletes do not see the index inserts. The statement
+returns how many current rows it wrote; one fewer than asked means a version guard failed (a lost update),
+and the caller must not commit."""
 
 from __future__ import annotations
 
 import functools
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import TextClause, text
 
-from handlers.ports import OutboxMessage, ResourceVersion
+from handlers.ports import CommitRecord
+from storage.aggregates import current_row
 from storage.search_index import reindex_parts
 
-
-@dataclass
-class WriteBatch:
-    index: list[dict[str, Any]] = field(default_factory=list)  # current FHIR resources to reindex
-    history: list[tuple[ResourceVersion, uuid.UUID]] = field(default_factory=list)
-    provenance: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[OutboxMessage] = field(default_factory=list)
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.index or self.history or self.provenance or self.outbox or self.outcomes)
-
-    def statement(self, tenant_id: str) -> tuple[TextClause, dict[str, Any]]:
-        ctes: list[str] = []
-        params: dict[str, Any] = {"tenant": tenant_id}
-        if self.index:
-            index_ctes, index_params = reindex_parts(self.index)
-            ctes += index_ctes
-            params |= index_params
-        if self.history:
-            ctes.append(
-                "w_history AS (INSERT INTO resource_history (tenant_id, resource_type, resource_id, version, "
-                "last_updated, command_id, resource) SELECT :tenant, rt, id, v, at, c, r::jsonb FROM unnest("
-                "CAST(:h_type AS text[]), CAST(:h_id AS text[]), CAST(:h_version AS int[]), "
-                "CAST(:h_updated AS timestamptz[]), CAST(:h_command AS uuid[]), CAST(:h_resource AS text[])) "
-                "AS x(rt, id, v, at, c, r))"
-            )
-            params |= {
-                "h_type": [v.resource_type for v, _ in self.history],
-                "h_id": [v.resource_id for v, _ in self.history],
-                "h_version": [v.version for v, _ in self.history],
-                "h_updated": [v.last_updated for v, _ in self.history],
-                "h_command": [command_id for _, command_id in self.history],
-                "h_resource": [orjson.dumps(v.resource).decode() for v, _ in self.history],
-            }
-        for n, row in enumerate(self.provenance):
-            ctes.append(
-                f"w_provenance{n} AS (INSERT INTO provenance (tenant_id, id, recorded, patient_id, targets, "
-                f"resource) VALUES (:tenant, :p{n}_id, :p{n}_recorded, :p{n}_patient, "
-                f"CAST(:p{n}_targets AS text[]), CAST(:p{n}_resource AS jsonb)))"
-            )
-            params |= {f"p{n}_{key}": value for key, value in row.items()}
-        if self.outbox:
-            ctes.append(
-                "w_outbox AS (INSERT INTO outbox (tenant_id, event_id, subject, payload) SELECT :tenant, * "
-                "FROM unnest(CAST(:o_event AS uuid[]), CAST(:o_subject AS text[]), "
-                "CAST(:o_payload AS bytea[])))"
-            )
-            params |= {
-                "o_event": [m.event_id for m in self.outbox],
-                "o_subject": [m.subject for m in self.outbox],
-                "o_payload": [m.payload for m in self.outbox],
-            }
-        for n, row in enumerate(self.outcomes):
-            ctes.append(
-                f"w_outcome{n} AS (INSERT INTO command_log (tenant_id, command_id, command_type, "
-                f"request_hash, status, outcome, correlation_id) VALUES (:tenant, :c{n}_command_id, "
-                f":c{n}_command_type, :c{n}_request_hash, :c{n}_status, CAST(:c{n}_outcome AS jsonb), "
-                f":c{n}_correlation_id))"
-            )
-            params |= {f"c{n}_{key}": value for key, value in row.items()}
-        return _statement(tuple(ctes)), params
+# Each current-row table's columns after (tenant_id) and their Postgres array types, in unnest order.
+_CURRENT: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    resource_type: (
+        table,
+        (
+            ("id", "text"),
+            ("version", "int"),
+            ("last_updated", "timestamptz"),
+            ("state", "jsonb"),
+            ("resource", "jsonb"),
+            *columns,
+        ),
+    )
+    for resource_type, table, columns in (
+        ("CarePlan", "care_plans", (("patient_id", "text"), ("status", "text"))),
+        (
+            "Goal",
+            "goals",
+            (
+                ("plan_id", "text"),
+                ("patient_id", "text"),
+                ("lifecycle_status", "text"),
+                ("achievement_status", "text"),
+            ),
+        ),
+        (
+            "Task",
+            "tasks",
+            (
+                ("plan_id", "text"),
+                ("patient_id", "text"),
+                ("status", "text"),
+                ("owner_id", "text"),
+                ("is_review", "boolean"),
+            ),
+        ),
+        ("CareTeam", "care_teams", (("plan_id", "text"), ("patient_id", "text"), ("status", "text"))),
+    )
+}
 
 
-@functools.lru_cache(maxsize=64)
-def _statement(ctes: tuple[str, ...]) -> TextClause:
+def _current_cte(resource_type: str) -> str:
+    """Insert at version 1, update after, only from the version before: the plan's row lock already
+    serialises writers; this guards against a lost update regardless."""
+    table, columns = _CURRENT[resource_type]
+    names = [name for name, _ in columns]
+    arrays = ", ".join(
+        f"CAST(:{table}_{name} AS {'text' if kind == 'jsonb' else kind}[])" for name, kind in columns
+    )
+    values = ", ".join(f"x.{name}::jsonb" if kind == "jsonb" else f"x.{name}" for name, kind in columns)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "id")
+    return (
+        f"w_{table} AS (INSERT INTO {table} (tenant_id, {', '.join(names)}) "
+        f"SELECT :tenant, {values} FROM unnest({arrays}) AS x({', '.join(names)}) "
+        f"ON CONFLICT (tenant_id, id) DO UPDATE SET {updates} "
+        f"WHERE {table}.version = excluded.version - 1 RETURNING 1)"
+    )
+
+
+def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[TextClause, dict[str, Any]]:
+    """The statement and its parameters; it selects the number of current rows written."""
+    ctes: list[str] = []
+    params: dict[str, Any] = {"tenant": tenant_id}
+    written: list[str] = []
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for version in record.versions:
+        by_type.setdefault(version.resource_type, []).append(current_row(version))
+    for resource_type, rows in by_type.items():
+        table, columns = _CURRENT[resource_type]
+        ctes.append(_current_cte(resource_type))
+        written.append(f"(SELECT count(*) FROM w_{table})")
+        params |= {f"{table}_{name}": [row[name] for row in rows] for name, _ in columns}
+    if record.versions:
+        index_ctes, index_params = reindex_parts([v.resource for v in record.versions])
+        ctes += index_ctes
+        params |= index_params
+        ctes.append(
+            "w_history AS (INSERT INTO resource_history (tenant_id, resource_type, resource_id, version, "
+            "last_updated, command_id, resource) SELECT :tenant, rt, id, v, at, :command_id, r::jsonb "
+            "FROM unnest(CAST(:h_type AS text[]), CAST(:h_id AS text[]), CAST(:h_version AS int[]), "
+            "CAST(:h_updated AS timestamptz[]), CAST(:h_resource AS text[])) AS x(rt, id, v, at, r))"
+        )
+        params |= {
+            "h_type": [v.resource_type for v in record.versions],
+            "h_id": [v.entity.id for v in record.versions],
+            "h_version": [v.entity.version for v in record.versions],
+            "h_updated": [v.entity.last_updated for v in record.versions],
+        }
+        # The history row holds the very JSON text of the current row: encoded once.
+        resources = {(rt, row["id"]): row["resource"] for rt, rows in by_type.items() for row in rows}
+        params["h_resource"] = [resources[(v.resource_type, v.entity.id)] for v in record.versions]
+    if record.provenance is not None:
+        ctes.append(
+            "w_provenance AS (INSERT INTO provenance (tenant_id, id, recorded, patient_id, targets, "
+            "resource) VALUES (:tenant, :p_id, :p_recorded, :p_patient, CAST(:p_targets AS text[]), "
+            "CAST(:p_resource AS jsonb)))"
+        )
+        provenance = record.provenance
+        params |= {
+            "p_id": provenance.resource["id"],
+            "p_recorded": provenance.recorded,
+            "p_patient": provenance.patient_id,
+            "p_targets": list(provenance.targets),
+            "p_resource": _json_text(provenance.resource),
+        }
+    if record.outbox:
+        ctes.append(
+            "w_outbox AS (INSERT INTO outbox (tenant_id, event_id, subject, payload) SELECT :tenant, * "
+            "FROM unnest(CAST(:o_event AS uuid[]), CAST(:o_subject AS text[]), "
+            "CAST(:o_payload AS bytea[])))"
+        )
+        params |= {
+            "o_event": [m.event_id for m in record.outbox],
+            "o_subject": [m.subject for m in record.outbox],
+            "o_payload": [m.payload for m in record.outbox],
+        }
+    outcome = record.outcome
+    ctes.append(
+        "w_outcome AS (INSERT INTO command_log (tenant_id, command_id, command_type, request_hash, status, "
+        "outcome, correlation_id) VALUES (:tenant, :command_id, :c_type, :c_hash, :c_status, "
+        "CAST(:c_outcome AS jsonb), :c_correlation))"
+    )
+    params |= {
+        "command_id": outcome.command_id,
+        "c_type": outcome.command_type,
+        "c_hash": outcome.request_hash,
+        "c_status": outcome.status,
+        "c_outcome": _json_text(outcome.reply),
+        "c_correlation": outcome.correlation_id,
+    }
+    return _statement(tuple(ctes), " + ".join(written) or "0"), params
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@functools.lru_cache(maxsize=128)
+def _statement(ctes: tuple[str, ...], written: str) -> TextClause:
     """Commands come in few shapes; parsing a long statement's parameters each time cost more than
     building its values."""
-    return text(f"WITH {', '.join(ctes)} SELECT 1")
+    return text(f"WITH {', '.join(ctes)} SELECT {written}")

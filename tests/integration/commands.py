@@ -10,7 +10,7 @@ import orjson
 from multidict import CIMultiDict
 from nats.aio.client import Client as NatsClient
 
-from handlers.rest_api import ROUTES
+from handlers.registry import standard_commands
 from service.client import envelope, send_command
 
 
@@ -75,7 +75,7 @@ class RestCaller(Caller):
         idempotency_key: str | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], dict[str, Any]]:
-        route = next(r for r in ROUTES if r.command == command)
+        route = standard_commands()[command].route
         rest = dict(data)
         path = route.path.format(**{field: rest.pop(field) for field in route.path_fields})
         body = rest.get(route.body_field, {}) if route.body_field else rest

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.errors import HTTP_STATUS, ErrorCode
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, DLQ_STREAM
-from handlers.registry import COMMANDS
+from handlers.registry import standard_commands
 from schemas.commands import COMMAND_SUBJECT_PREFIX, MAX_BODY_BYTES, MAX_JSON_DEPTH
 from service.client import envelope, send_command
 from service.runner import RunningService
@@ -101,6 +101,8 @@ DATE_KEYS = frozenset(
     {"start", "end", "due", "due_date", "next_due", "next_review_due", "start_date", "time"}
 )
 NUMBER_KEYS = frozenset({"value", "interval_days", "integer"})
+
+COMMANDS = standard_commands()
 
 
 def data_template(command: str, plan: str, goal: str, task: str, member: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from handlers.rest_api import ROUTES
+from handlers.registry import standard_commands
 from service.runner import RunningService
 from tests.conftest import TokenFactory
 
@@ -35,7 +35,9 @@ async def test_openapi_document_lists_every_route_of_the_contract(service: Runni
         for path, item in document["paths"].items()
         for method, operation in item.items()
     }
-    assert operations == {(r.method, r.path, r.command.replace(".", "_")) for r in ROUTES}
+    assert operations == {
+        (s.route.method, s.route.path, s.name.replace(".", "_")) for s in standard_commands().values()
+    }
     create = document["paths"]["/api/v1/care-plans"]["post"]
     assert set(create["responses"]) >= {"201", "401", "403", "413", "422", "503"}
     assert "Location" in create["responses"]["201"]["headers"]

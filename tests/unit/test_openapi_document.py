@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from handlers.openapi import openapi_document
-from handlers.rest_api import ROUTES
+from handlers.registry import standard_commands
 from service.api_documents import OPENAPI_PATH, REGENERATE_COMMAND, render_openapi
+from service.openapi import openapi_document
 
 
 def test_committed_openapi_document_is_the_generated_one() -> None:
@@ -18,9 +18,11 @@ def test_committed_openapi_document_is_the_generated_one() -> None:
 
 def test_the_document_has_one_operation_per_route_and_each_names_its_command() -> None:
     document = orjson.loads(OPENAPI_PATH.read_bytes())
-    assert document == openapi_document()
+    assert document == openapi_document(standard_commands())
     operations = [(m.upper(), p) for p, item in document["paths"].items() for m in item]
-    assert sorted(operations) == sorted((r.method, r.path) for r in ROUTES)
-    for route in ROUTES:
+    specs = standard_commands().values()
+    assert sorted(operations) == sorted((s.route.method, s.route.path) for s in specs)
+    for spec in specs:
+        route = spec.route
         operation = document["paths"][route.path][route.method.lower()]
-        assert f"`{route.command}`" in operation["description"]
+        assert f"`{spec.name}`" in operation["description"]

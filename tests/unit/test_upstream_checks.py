@@ -17,7 +17,7 @@ from handlers.ports import (
     PractitionerRecord,
     UpstreamServices,
 )
-from handlers.registry import COMMANDS
+from handlers.registry import standard_commands
 from handlers.upstream_checks import (
     CheckedEncounter,
     CodingMention,
@@ -33,7 +33,8 @@ US_CORE_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 
 
 def data(command: str, **values: Any) -> BaseModel:
-    return COMMANDS[command].data_model.model_validate(values)
+    model: BaseModel = standard_commands()[command].data_model.model_validate(values)
+    return model
 
 
 def concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:

@@ -10,18 +10,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from handlers.errors import HTTP_STATUS, ErrorCode
-from handlers.registry import COMMANDS, VersionCheck
-from handlers.rest_api import (
-    API_PREFIX,
-    CORRELATION_HEADER,
-    MAX_CORRELATION_ID,
-    PROBLEM_JSON,
-    ROUTES,
-    RestRoute,
-)
+from handlers.registry import API_PREFIX, Commands, CommandSpec, HttpRoute, VersionCheck
 from schemas.commands import CONTRACT_VERSION
 from schemas.common import FhirId
 from schemas.replies import POSITION_HEADER, ResultBody
+from service.rest_api import CORRELATION_HEADER, MAX_CORRELATION_ID, PROBLEM_JSON
 
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 _REF = "#/components/schemas/{model}"
@@ -29,19 +22,19 @@ _REF = "#/components/schemas/{model}"
 _CREATING = {"careplan.create", "goal.add", "activity.add", "careteam.add_member"}
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(commands: Commands) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (spec.data_model, "validation") for spec in COMMANDS.values()
+        (spec.data_model, "validation") for spec in commands.values()
     ]
     models.append((ResultBody, "serialization"))
     refs, definitions = models_json_schema(models, ref_template=_REF)
     schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
     schemas["Problem"] = _PROBLEM
     paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
-        spec = COMMANDS[route.command]
+    for spec in commands.values():
         data_schema = schemas[_name(refs[(spec.data_model, "validation")])]
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, data_schema)
+        operation = _operation(spec, data_schema, commands)
+        paths.setdefault(spec.route.path, {})[spec.route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
@@ -64,8 +57,8 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-def _operation(route: RestRoute, data_schema: dict[str, Any]) -> dict[str, Any]:
-    spec = COMMANDS[route.command]
+def _operation(spec: CommandSpec, data_schema: dict[str, Any], commands: Commands) -> dict[str, Any]:
+    route = spec.route
     parameters: list[dict[str, Any]] = [
         {"name": field, "in": "path", "required": True, "schema": _FHIR_ID} for field in route.path_fields
     ]
@@ -98,11 +91,11 @@ def _operation(route: RestRoute, data_schema: dict[str, Any]) -> dict[str, Any]:
         }
     )
     operation: dict[str, Any] = {
-        "operationId": route.command.replace(".", "_"),
+        "operationId": spec.name.replace(".", "_"),
         "summary": route.summary,
-        "description": f"Command `{route.command}`; permission `{spec.permission}`.",
+        "description": f"Command `{spec.name}`; permission `{spec.permission}`.",
         "parameters": parameters,
-        "responses": _responses(route),
+        "responses": _responses(spec, commands),
     }
     if route.has_body:
         operation["requestBody"] = {
@@ -112,7 +105,7 @@ def _operation(route: RestRoute, data_schema: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
-def _body_schema(route: RestRoute, data_schema: dict[str, Any]) -> dict[str, Any]:
+def _body_schema(route: HttpRoute, data_schema: dict[str, Any]) -> dict[str, Any]:
     """The command's data without what the path carries, or the one field the body stands for."""
     if route.body_field is not None:
         field_schema: dict[str, Any] = data_schema["properties"][route.body_field]
@@ -128,7 +121,7 @@ def _body_schema(route: RestRoute, data_schema: dict[str, Any]) -> dict[str, Any
     return body
 
 
-def _responses(route: RestRoute) -> dict[str, Any]:
+def _responses(spec: CommandSpec, commands: Commands) -> dict[str, Any]:
     result = {"$ref": _REF.format(model="ResultBody")}
     common_headers = {
         "ETag": {"required": True, "schema": {"type": "string"}, "description": 'W/"<version>"'},
@@ -149,9 +142,9 @@ def _responses(route: RestRoute) -> dict[str, Any]:
         "content": {"application/json": {"schema": result}},
     }
     responses: dict[str, Any] = {}
-    if route.command != "careplan.create":
+    if spec.name != "careplan.create":
         responses["200"] = success
-    if route.command in _CREATING:
+    if spec.name in _CREATING:
         responses["201"] = {
             **success,
             "description": "Created",
@@ -164,12 +157,12 @@ def _responses(route: RestRoute) -> dict[str, Any]:
                 },
             },
         }
-        links = _links_from(route.command)
+        links = _links_from(spec.name, commands)
         if links:
             responses["201"]["links"] = links
     # 428 only where If-Match is required; the rest of the HTTP-only codes (503 UNAVAILABLE) anywhere.
     codes = {HTTP_STATUS[code] for code in ErrorCode if code is not ErrorCode.PRECONDITION_REQUIRED}
-    if COMMANDS[route.command].version is VersionCheck.REQUIRED:
+    if spec.version is VersionCheck.REQUIRED:
         codes.add(428)
     for status in sorted(codes):
         responses[str(status)] = {
@@ -183,19 +176,19 @@ def _responses(route: RestRoute) -> dict[str, Any]:
 _CREATES_ID = {"careplan.create": "care_plan_id", "goal.add": "goal_id", "activity.add": "activity_id"}
 
 
-def _links_from(command: str) -> dict[str, Any]:
+def _links_from(command: str, commands: Commands) -> dict[str, Any]:
     field = _CREATES_ID.get(command)
     if field is None:
         return {}
     links: dict[str, Any] = {}
-    for target in ROUTES:
-        if target.path_fields != (field,) or target.command == command:
+    for target in commands.values():
+        if target.route.path_fields != (field,) or target.name == command:
             continue
         parameters = {field: "$response.body#/id"}
-        if COMMANDS[target.command].version is not VersionCheck.NONE:
+        if target.version is not VersionCheck.NONE:
             parameters["header.If-Match"] = "$response.header.ETag"
-        links[target.command.replace(".", "_")] = {
-            "operationId": target.command.replace(".", "_"),
+        links[target.name.replace(".", "_")] = {
+            "operationId": target.name.replace(".", "_"),
             "parameters": parameters,
         }
     return links

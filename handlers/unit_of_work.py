@@ -1,0 +1,184 @@
+"""The unit of work a use case runs in: it hands out plans (locked) and remembers each one, and at commit
+it turns what changed into everything the command writes (cosmicpython's unit of work and its `seen`)."""
+
+from __future__ import annotations
+
+from domain.care_plan import CarePlanAggregate
+from domain.errors import NotFound
+from domain.events import DomainEvent
+from domain.fhir import data_operation, render_provenance, render_resource
+from handlers.answers import success_reply
+from handlers.context import CommandContext, CommandResult
+from handlers.ports import (
+    AuditRecord,
+    CommandOutcome,
+    CommitRecord,
+    NewVersion,
+    OutboxMessage,
+    Transaction,
+)
+from schemas.events import CloudEvent, audit_subject, event_subject
+from schemas.fhir_validation import validate_resource
+from schemas.replies import Reply
+
+
+class UnitOfWork:
+    """Nothing is written before `commit`: a use case that rejects, at any point, leaves nothing to undo.
+    `commit` renders each new version, its domain events and one Provenance for the command, and writes
+    them with the command's outcome in one go; `answer` is then the reply, at the commit's position."""
+
+    def __init__(self, transaction: Transaction, ctx: CommandContext) -> None:
+        self._transaction = transaction
+        self._ctx = ctx
+        self._seen: dict[str, CarePlanAggregate] = {}
+        self.answer: Reply | None = None
+
+    # --- what a use case reads ---
+
+    async def find_plan(self, plan_id: str) -> CarePlanAggregate | None:
+        """The plan with everything it owns, locked until commit; the same object if asked again."""
+        if plan_id in self._seen:
+            return self._seen[plan_id]
+        aggregate = await self._transaction.load_plan(plan_id)
+        if aggregate is not None:
+            self._seen[plan_id] = aggregate
+        return aggregate
+
+    async def plan(self, plan_id: str) -> CarePlanAggregate:
+        aggregate = await self.find_plan(plan_id)
+        if aggregate is None:
+            raise NotFound("CarePlan", plan_id)
+        return aggregate
+
+    async def plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate:
+        """The plan a goal or task belongs to; a missing (or another tenant's) id is NOT_FOUND."""
+        plan_id = await self._transaction.plan_id_of(resource_type, resource_id)
+        if plan_id is None:
+            raise NotFound(resource_type, resource_id)
+        return await self.plan(plan_id)
+
+    async def version_of(self, resource_type: str, resource_id: str) -> int | None:
+        """The current version of a goal or task anywhere in the tenant, None when there is none."""
+        plan_id = await self._transaction.plan_id_of(resource_type, resource_id)
+        if plan_id is None:
+            return None
+        owner = await self.plan(plan_id)
+        part = owner.goal(resource_id) if resource_type == "Goal" else owner.activity(resource_id)
+        return part.version
+
+    def add(self, aggregate: CarePlanAggregate) -> None:
+        """A plan the command made: written at commit like the ones it loaded."""
+        self._seen[aggregate.plan.id] = aggregate
+
+    # --- the end of a command ---
+
+    async def commit(self, result: CommandResult) -> None:
+        """Write every change of the aggregates seen, the events and audit they make, and the outcome
+        `result` (what the caller is told), then commit."""
+        if self.answer is not None:
+            raise RuntimeError("a unit of work commits once")
+        ctx = self._ctx
+        reply = success_reply(str(ctx.command_id), result)
+        versions: list[NewVersion] = []
+        outbox: list[OutboxMessage] = []
+        patient_id: str | None = None
+        answered = None
+        for aggregate in self._seen.values():
+            rendered: dict[tuple[str, str], NewVersion] = {}
+            for _, entity in aggregate.changed():
+                resource_type, resource = render_resource(entity)
+                validate_resource(resource)
+                version = NewVersion(resource_type, entity, resource)
+                rendered[(resource_type, entity.id)] = version
+                versions.append(version)
+                if (resource_type, entity.id) == (result.resource_type, result.resource_id):
+                    answered = entity
+            # Each version's events after the one before's, as the relay keeps one resource's in order.
+            outbox += [
+                self._event_message(event, version)
+                for key, version in rendered.items()
+                for event in aggregate.events
+                if (event.resource_type, event.resource_id) == key
+            ]
+            if rendered:
+                patient_id = patient_id or aggregate.plan.patient_id
+        provenance: AuditRecord | None = None
+        if versions:
+            if answered is None:
+                raise RuntimeError(f"{result.resource_type}/{result.resource_id} is not among the changes")
+            operation = data_operation(answered, [v.entity for v in versions])
+            provenance, audit_event = self._audit(versions, operation, patient_id)
+            outbox.append(audit_event)
+        position = await self._transaction.commit(
+            CommitRecord(self._outcome(reply), tuple(versions), provenance, tuple(outbox))
+        )
+        for aggregate in self._seen.values():
+            aggregate.mark_stored()
+        self.answer = reply.at_position(position)
+
+    async def reject(self, reply: Reply) -> None:
+        """Forget every change and keep the rejection as the command's outcome."""
+        if self.answer is not None:
+            raise RuntimeError("a unit of work commits once")
+        self._seen.clear()
+        await self._transaction.commit(CommitRecord(self._outcome(reply)))
+        self.answer = reply
+
+    def _outcome(self, reply: Reply) -> CommandOutcome:
+        ctx = self._ctx
+        return CommandOutcome(
+            command_id=ctx.command_id,
+            command_type=ctx.command_type,
+            request_hash=ctx.request_hash,
+            status=reply.status,
+            reply=reply.model_dump(mode="json", exclude_none=True),
+            correlation_id=ctx.correlation_id,
+        )
+
+    def _event_message(self, event: DomainEvent, version: NewVersion) -> OutboxMessage:
+        ctx = self._ctx
+        event_id = ctx.new_id()
+        cloud_event = CloudEvent(
+            id=str(event_id),
+            type=f"careplan.{event.name}",
+            subject=f"{event.resource_type}/{event.resource_id}",
+            time=ctx.now,
+            tenantid=ctx.tenant_id,
+            correlationid=ctx.correlation_id,
+            causationid=str(ctx.command_id),
+            resourceversion=event.version,
+            data={"resource": version.resource, **event.data},
+        )
+        return OutboxMessage(event_id, event_subject(ctx.tenant_id, event.name), cloud_event.to_bytes())
+
+    def _audit(
+        self, versions: list[NewVersion], operation: str, patient_id: str | None
+    ) -> tuple[AuditRecord, OutboxMessage]:
+        """One Provenance for the whole command, and its event for the audit pipeline."""
+        ctx = self._ctx
+        provenance_id = ctx.new_id()
+        targets = [(v.resource_type, v.entity.id, v.entity.version) for v in versions]
+        provenance = render_provenance(
+            provenance_id=str(provenance_id),
+            recorded=ctx.now,
+            targets=targets,
+            operation=operation,
+            command_type=ctx.command_type,
+            agent_subject=ctx.principal.subject,
+            agent_issuer=ctx.principal.issuer,
+            token_id=ctx.principal.token_id,
+        )
+        validate_resource(provenance)
+        audit = CloudEvent(
+            id=str(provenance_id),
+            type="careplan.audit.provenance",
+            subject=f"Provenance/{provenance_id}",
+            time=ctx.now,
+            datacontenttype="application/fhir+json",
+            tenantid=ctx.tenant_id,
+            correlationid=ctx.correlation_id,
+            causationid=str(ctx.command_id),
+            data=provenance,
+        )
+        record = AuditRecord(provenance, ctx.now, patient_id, tuple(f"{t}/{i}" for t, i, _ in targets))
+        return record, OutboxMessage(provenance_id, audit_subject(ctx.tenant_id), audit.to_bytes())
