@@ -1,0 +1,119 @@
+"""An in-memory fake of the unit of work's port (`handlers.ports.Transaction`): plans kept as the domain's
+records, the command log, and every commit, so use cases run in microseconds and tests read what they
+wrote. A fake of a port we own; Postgres itself is only ever the real one (tests/integration)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from domain.care_plan import CarePlanAggregate
+from domain.entities import Activity, CarePlan, CareTeam, Goal
+from handlers.ports import CommitRecord, StoredOutcome
+
+
+@dataclass
+class InMemoryDatabase:
+    """What fake transactions share. `commits` is every record written, oldest first."""
+
+    plans: dict[tuple[str, str], CarePlanAggregate] = field(default_factory=dict)
+    outcomes: dict[tuple[str, uuid.UUID], StoredOutcome] = field(default_factory=dict)
+    commits: list[CommitRecord] = field(default_factory=list)
+
+    def transaction(self, tenant_id: str) -> InMemoryTransaction:
+        return InMemoryTransaction(self, tenant_id)
+
+    def plan(self, tenant_id: str, plan_id: str) -> CarePlanAggregate:
+        return self.plans[(tenant_id, plan_id)]
+
+
+class InMemoryTransaction:
+    """Loads hand out copies, as a database would: a use case's changes reach the store only by commit."""
+
+    def __init__(self, database: InMemoryDatabase, tenant_id: str) -> None:
+        self._database = database
+        self.tenant_id = tenant_id
+        self.committed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        pass
+
+    async def claim(self, command_id: uuid.UUID) -> StoredOutcome | None:
+        return await self.find_outcome(command_id)
+
+    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None:
+        return self._database.outcomes.get((self.tenant_id, command_id))
+
+    async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
+        stored = self._database.plans.get((self.tenant_id, plan_id))
+        if stored is None:
+            return None
+        return CarePlanAggregate(
+            copy.deepcopy(stored.plan),
+            goals=copy.deepcopy(stored.goals),
+            activities=copy.deepcopy(stored.activities),
+            care_team=copy.deepcopy(stored.care_team),
+        )
+
+    async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
+        for (tenant_id, plan_id), aggregate in self._database.plans.items():
+            parts = aggregate.goals if resource_type == "Goal" else aggregate.activities
+            if tenant_id == self.tenant_id and resource_id in parts:
+                return plan_id
+        return None
+
+    async def plan_patient(self, plan_id: str) -> str | None:
+        stored = self._database.plans.get((self.tenant_id, plan_id))
+        return None if stored is None else stored.plan.patient_id
+
+    async def commit(self, record: CommitRecord) -> str | None:
+        if self.committed:
+            raise RuntimeError("committed twice")
+        for version in record.versions:
+            self._store(copy.deepcopy(version.entity))
+        outcome = record.outcome
+        self._database.outcomes[(self.tenant_id, outcome.command_id)] = StoredOutcome(
+            outcome.command_type, outcome.request_hash, outcome.status, outcome.reply
+        )
+        self._database.commits.append(record)
+        self.committed = True
+        return f"0/{len(self._database.commits)}"
+
+    def _store(self, entity: object) -> None:
+        """One new version into the store, refusing a lost update as the real upsert does."""
+        plans = self._database.plans
+        match entity:
+            case CarePlan():
+                key = (self.tenant_id, entity.id)
+                stored = plans.get(key)
+                _check_version(stored.plan.version if stored else 0, entity.version)
+                if stored is None:
+                    plans[key] = CarePlanAggregate(entity)
+                else:
+                    stored.plan = entity
+            case Goal():
+                aggregate = plans[(self.tenant_id, entity.plan_id)]
+                old = aggregate.goals.get(entity.id)
+                _check_version(old.version if old else 0, entity.version)
+                aggregate.goals[entity.id] = entity
+            case Activity():
+                aggregate = plans[(self.tenant_id, entity.plan_id)]
+                old_activity = aggregate.activities.get(entity.id)
+                _check_version(old_activity.version if old_activity else 0, entity.version)
+                aggregate.activities[entity.id] = entity
+            case CareTeam():
+                aggregate = plans[(self.tenant_id, entity.plan_id)]
+                _check_version(aggregate.care_team.version if aggregate.care_team else 0, entity.version)
+                aggregate.care_team = entity
+            case _:
+                raise TypeError(type(entity).__name__)
+
+
+def _check_version(stored: int, new: int) -> None:
+    if new != stored + 1:
+        raise RuntimeError(f"version {new} does not follow {stored}")
