@@ -22,7 +22,8 @@ import aiohttp
 import psutil
 
 from service.dev_identity import DevKeys, write_new_keys
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from service.embedded.nats_server import EmbeddedNats
+from service.embedded.postgres_server import EmbeddedPostgres
 from storage.database import drop_database, ensure_database, with_database
 from storage.migrate import migrate
 

@@ -141,7 +141,3 @@ _BODY = orjson.dumps(capability_statement())
 
 async def metadata_route(_: web.Request) -> web.Response:
     return web.Response(body=_BODY, content_type=FHIR_JSON)
-
-
-def add_capability_route(app: web.Application) -> None:
-    app.router.add_get("/fhir/metadata", metadata_route)

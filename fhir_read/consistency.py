@@ -10,12 +10,11 @@ from typing import TypeVar
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhir_read.app_context import READS
 from fhir_read.outcome import operation_outcome
 from schemas.replies import POSITION_HEADER
-from storage.read_routing import ReadRouter
 from storage.wal_position import WalPosition
 
-READS = web.AppKey("fhir_reads", ReadRouter)
 _POSITION = web.RequestKey("careplan.position", WalPosition)
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

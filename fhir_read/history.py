@@ -16,13 +16,13 @@ from aiohttp import web
 from domain.access import Principal
 from domain.fhir import fhir_instant
 from domain.search_parameters import half_open_range
-from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.app_context import CURSOR_SECRET, authenticate_caller, base_url, prefers_lenient
+from fhir_read.auth import Unauthenticated
 from fhir_read.bundle import entry, outcome_entry, searchset
+from fhir_read.conditional import conditional_resource_response
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.routes import VERIFIER, conditional_resource_response
-from fhir_read.search import CURSOR_SECRET, base_url, prefers_lenient
 from fhir_read.search_query import MAX_COUNT, MAX_CRITERIA, MAX_OR_VALUES, MAX_PARAMETERS
 from storage.history_reads import (
     HistoryKey,
@@ -34,7 +34,6 @@ from storage.history_reads import (
     read_version,
     search_provenance,
 )
-from storage.reads import READABLE_TABLES
 
 DEFAULT_COUNT = 20
 
@@ -52,25 +51,16 @@ class InvalidRequest(Exception):
     """A request we refuse with 400 and an OperationOutcome saying why."""
 
 
-def add_history_routes(app: web.Application) -> None:
-    """Register before the read routes so `/_history` is never taken for an id."""
-    for resource_type in READABLE_TABLES:
-        app.router.add_get(f"/fhir/{resource_type}/_history", _fhir(type_history_route))
-        app.router.add_get(f"/fhir/{resource_type}/{{id}}/_history", _fhir(instance_history_route))
-        app.router.add_get(f"/fhir/{resource_type}/{{id}}/_history/{{vid}}", _fhir(vread_route))
-    app.router.add_get("/fhir/Provenance", _fhir(provenance_search_route))
-    app.router.add_get("/fhir/Provenance/{id}", _fhir(provenance_read_route))
-
-
 Route = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 
 
-def _fhir(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Authenticate, then turn a refused request into a 400 OperationOutcome (never a 500)."""
+def _fhir_route(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of a route: authenticate, then turn a refused request into a 400
+    OperationOutcome (never a 500)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            principal = await authenticate(request, request.app[VERIFIER])
+            principal = await authenticate_caller(request)
         except Unauthenticated as exc:
             return operation_outcome(401, str(exc))
         try:
@@ -84,6 +74,7 @@ def _fhir(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 # --- routes ---
 
 
+@_fhir_route
 async def vread_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     """`GET /fhir/{type}/{id}/_history/{vid}`: a non-numeric version is as unknown as a missing one."""
     resource_type, resource_id, vid = _type_of(request), request.match_info["id"], request.match_info["vid"]
@@ -105,6 +96,7 @@ async def vread_route(request: web.Request, principal: Principal) -> web.StreamR
     return conditional_resource_response(request, found)
 
 
+@_fhir_route
 async def instance_history_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     resource_id = request.match_info["id"]
     if not _ID.fullmatch(resource_id):
@@ -112,6 +104,7 @@ async def instance_history_route(request: web.Request, principal: Principal) -> 
     return await _history(request, principal, resource_id)
 
 
+@_fhir_route
 async def type_history_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     return await _history(request, principal, None)
 
@@ -165,6 +158,7 @@ async def _history(request: web.Request, principal: Principal, resource_id: str 
     return _history_bundle(page.links(next_position), entries)
 
 
+@_fhir_route
 async def provenance_read_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     provenance_id = request.match_info["id"]
     found = None
@@ -180,6 +174,7 @@ async def provenance_read_route(request: web.Request, principal: Principal) -> w
     return conditional_resource_response(request, found)
 
 
+@_fhir_route
 async def provenance_search_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     """`GET /fhir/Provenance?target=&patient=&recorded=`: comma is OR, a repeated parameter is AND."""
     params = _Params.parse(request, {"target", "patient", "recorded"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
@@ -10,50 +9,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.access import Principal
 from domain.search import SearchQuery
-from domain.search_parameters import SEARCHABLE_TYPES
-from fhir_read.auth import Unauthenticated, authenticate
+from fhir_read.app_context import CURSOR_SECRET, authenticate_caller, base_url, prefers_lenient
+from fhir_read.auth import Unauthenticated
 from fhir_read.bundle import entry, outcome_entry, searchset, subset
-from fhir_read.capability import add_capability_route
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.routes import VERIFIER
 from fhir_read.search_query import MAX_INCLUDED, MAX_SEARCH_BODY_BYTES, SearchError, parse_search
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
-CURSOR_SECRET = web.AppKey("cursor_secret", bytes)
-PUBLIC_BASE_URL = web.AppKey("public_base_url", str)
-
-
-def add_search_routes(
-    app: web.Application, *, cursor_secret: bytes | None, public_base_url: str | None
-) -> None:
-    """Cursors are signed with `cursor_secret`; replicas behind one gateway must share it."""
-    app[CURSOR_SECRET] = cursor_secret or os.urandom(32)
-    app[PUBLIC_BASE_URL] = (public_base_url or "").rstrip("/")
-    add_capability_route(app)
-    for resource_type in SEARCHABLE_TYPES:
-        app.router.add_get(f"/fhir/{resource_type}", search_route)
-        app.router.add_post(f"/fhir/{resource_type}/_search", search_route)
-
-
-def prefers_lenient(request: web.Request) -> bool:
-    """`Prefer: handling=lenient` (RFC 7240: comma- or semicolon-separated preferences)."""
-    preferences = (
-        p.strip().replace(" ", "") for h in request.headers.getall("Prefer", []) for p in h.split(",")
-    )
-    return "handling=lenient" in {p.split(";")[0].lower() for p in preferences}
-
-
-def base_url(request: web.Request) -> str:
-    configured = request.app[PUBLIC_BASE_URL]
-    return configured or f"{request.scheme}://{request.host}/fhir"
-
 
 async def search_route(request: web.Request) -> web.StreamResponse:
+    """`GET /fhir/{type}?…` or `POST /fhir/{type}/_search` for the searchable types; a `_cursor` alone
+    pages on."""
     resource_type = request.path.split("/")[2]
     try:
-        principal = await authenticate(request, request.app[VERIFIER])
+        principal = await authenticate_caller(request)
     except Unauthenticated as exc:
         return operation_outcome(401, str(exc))
     params = list(request.query.items())

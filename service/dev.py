@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 
 from service.dev_identity import ensure_dev_keys
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from service.embedded.nats_server import EmbeddedNats
+from service.embedded.postgres_server import EmbeddedPostgres
 from service.runner import serve_until_signalled
 from service.settings import Settings
 from storage.database import ensure_database, with_database

@@ -17,7 +17,6 @@ from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
 from fhir_read.consistency import position_header
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
-from fhir_read.search import add_search_routes
 from handlers.errors import Rejection
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
@@ -64,8 +63,13 @@ def create_http_app(
     app[_VERIFIER] = verifier
     app[_READINESS] = readiness
     app[_RELAY_ROLE] = relay_role
-    add_fhir_routes(app, reads or ReadRouter(engine), verifier)
-    add_search_routes(app, cursor_secret=cursor_secret, public_base_url=public_base_url)
+    add_fhir_routes(
+        app,
+        reads or ReadRouter(engine),
+        verifier,
+        cursor_secret=cursor_secret,
+        public_base_url=public_base_url,
+    )
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if processor is not None:
         add_command_routes(app, processor, fhir_base=public_base_url)

@@ -19,7 +19,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from service.dev_identity import DevKeys, write_new_keys
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from service.embedded.nats_server import EmbeddedNats
+from service.embedded.postgres_server import EmbeddedPostgres
 from service.runner import RunningService, start_service
 from service.settings import Settings
 from service.topology import STREAMS

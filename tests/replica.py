@@ -13,7 +13,9 @@ from urllib.parse import quote
 
 from sqlalchemy import text
 
-from service.embedded import EmbeddedPostgres, EmbeddedServerError, _pg_bin_dir
+from service.embedded.errors import EmbeddedServerError
+from service.embedded.postgres_install import postgres_bin_dir
+from service.embedded.postgres_server import EmbeddedPostgres
 from storage.database import create_engine
 from tests.faults.cluster import free_port
 
@@ -35,7 +37,7 @@ class EmbeddedStandby(EmbeddedPostgres):
         shutil.rmtree(scratch, ignore_errors=True)
         primary = self._primary
         backup = [
-            str(_pg_bin_dir() / "pg_basebackup"),
+            str(postgres_bin_dir() / "pg_basebackup"),
             f"--pgdata={scratch}",
             "--write-recovery-conf",
             "--wal-method=stream",

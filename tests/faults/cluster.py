@@ -18,7 +18,7 @@ import aiohttp
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from service.embedded import EmbeddedNats
+from service.embedded.nats_server import EmbeddedNats
 
 CLUSTER_NAME = "careplan"
 

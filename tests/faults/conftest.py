@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedPostgres
+from service.embedded.postgres_server import EmbeddedPostgres
 from tests.faults.lab import Lab, fault_lab
 
 

@@ -28,7 +28,8 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
 
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from service.embedded.nats_server import EmbeddedNats
+from service.embedded.postgres_server import EmbeddedPostgres
 from storage.database import create_engine, drop_database, ensure_database
 from storage.migrate import migrate
 from tests.conftest import DatabaseUrls, database_urls

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedPostgres
+from service.embedded.postgres_server import EmbeddedPostgres
 from storage.database import create_engine
 from tests.faults.lab import Lab, until
 from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order

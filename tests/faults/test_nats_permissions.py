@@ -40,7 +40,7 @@ from handlers.queries import QUERY_SUBJECT
 from integrations.upstream import UpstreamSubjects
 from service.client import ask_outcome, envelope, send_command
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedNats
+from service.embedded.nats_server import EmbeddedNats
 from service.topology import AUDIT_STREAM, EVENT_STREAM, STREAMS
 from storage.database import drop_database, ensure_database
 from storage.migrate import migrate

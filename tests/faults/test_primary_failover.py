@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedPostgres
+from service.embedded.postgres_server import EmbeddedPostgres
 from tests.conftest import RUNTIME_ROLE, SYSTEM_ROLE, DatabaseUrls
 from tests.faults.lab import Lab, fault_lab, until
 from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 
 from handlers.nats_consumer import DeliveryPolicy
 from service.dev_identity import DevKeys
-from service.embedded import EmbeddedPostgres
+from service.embedded.postgres_server import EmbeddedPostgres
 from tests.faults.lab import Lab, ServeProcess, until
 from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order
 

@@ -20,7 +20,9 @@ import nats
 import psutil
 import pytest
 
-from service.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from service.embedded.errors import EmbeddedServerError
+from service.embedded.nats_server import EmbeddedNats
+from service.embedded.postgres_server import EmbeddedPostgres
 
 IS_ROOT = os.geteuid() == 0
 PG_OS_USER = "embedded_postgres"

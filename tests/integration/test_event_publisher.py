@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
 from handlers.event_publisher import BrokerUnavailable, JetStreamEventPublisher
-from service.embedded import EmbeddedNats
+from service.embedded.nats_server import EmbeddedNats
 from storage.outbox_relay import PermanentPublishError
 
 

@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from service.client import envelope, send_command
-from service.embedded import EmbeddedNats
+from service.embedded.nats_server import EmbeddedNats
 from service.runner import RunningService, StartupRefused, start_service
 from service.settings import Settings
 from storage.database import with_database

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.client import envelope, send_command
-from service.embedded import EmbeddedNats
+from service.embedded.nats_server import EmbeddedNats
 from service.runner import RunningService, start_service
 from service.settings import Settings
 from storage.database import create_engine
