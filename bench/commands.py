@@ -52,13 +52,21 @@ async def run_commands(
     servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int, sequential: int = 300
 ) -> dict[str, Any]:
     """The mix through `replicas` processes against (a) and (b); then `careplan.create` alone through one
-    process against (c), at `concurrency` and at 1 in flight (`sequential` commands)."""
-    mix = await _mix(servers, concurrency=concurrency, total=total, workers=workers, replicas=replicas)
+    process against (c), at `concurrency` and at 1 in flight (`sequential` commands). (b) and (c) also run
+    at 1 in flight, for what the 1-in-flight latency stands on (no target)."""
+    mix = await _mix(
+        servers,
+        concurrency=concurrency,
+        total=total,
+        workers=workers,
+        replicas=replicas,
+        sequential=sequential,
+    )
     creates = await _creates(
         servers, concurrency=concurrency, total=total, workers=workers, sequential=sequential
     )
-    service, baseline_sql, baseline_nats = mix.pop("runs")
-    create, baseline_minimal, create_one = creates.pop("runs")
+    service, baseline_sql, baseline_nats, nats_one = mix.pop("runs")
+    create, baseline_minimal, create_one, minimal_one = creates.pop("runs")
     ratios = {
         "service / (a) throughput": _ratio(service, baseline_sql),
         "service / (b) throughput": _ratio(service, baseline_nats),
@@ -78,6 +86,8 @@ async def run_commands(
             create.summary(),
             baseline_minimal.summary(),
             create_one.summary(),
+            minimal_one.summary(),
+            nats_one.summary(),
         ],
         "ratios": ratios,
         "targets": {name: target for name, (target, _) in TARGETS.items()},
@@ -88,7 +98,7 @@ async def run_commands(
 
 
 async def _mix(
-    servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int
+    servers: Servers, *, concurrency: int, total: int, workers: int, replicas: int, sequential: int
 ) -> dict[str, Any]:
     database = await servers.fresh_database()
     run_id = uuid.uuid4().hex[:6]
@@ -135,8 +145,14 @@ async def _mix(
             baseline_nats = await closed_loop(
                 "baseline (b): JetStream round trip, no database", echo, concurrency=concurrency, total=total
             )
+            nats_one = await closed_loop(
+                "baseline (b): JetStream round trip, 1 in flight",
+                echo,
+                concurrency=1,
+                total=sequential,
+            )
     return {
-        "runs": (service, baseline_sql, baseline_nats),
+        "runs": (service, baseline_sql, baseline_nats, nats_one),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "workers": workers,
         "replicas": replicas,
@@ -185,6 +201,12 @@ async def _creates(
                 concurrency=concurrency,
                 total=total,
             )
+            minimal_one = await closed_loop(
+                "baseline (c): the minimal transaction, 1 in flight",
+                minimal.request(),
+                concurrency=1,
+                total=sequential,
+            )
         finally:
             await minimal.close()
 
@@ -202,7 +224,7 @@ async def _creates(
             sequential_rss = serve.rss.peak_bytes
     errors = creates.errors + one_at_a_time.errors
     return {
-        "runs": (create, baseline_minimal, create_one),
+        "runs": (create, baseline_minimal, create_one, minimal_one),
         "create_service_cpu_cores": create_cpu,
         "create_machine_cpu_cores_busy": machine_busy,
         "minimal_json_bytes": {

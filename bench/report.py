@@ -67,7 +67,7 @@ def _commands(result: dict[str, Any]) -> str:
         f"mix: careplan serve x{result['replicas']} peak RSS {result['peak_rss_mb']} MB (all processes),"
         f" CPU {result['service_cpu_cores']} cores (machine: {result['machine_cpu_cores_busy']} of its cores"
         " busy)",
-        f"create, {result['runs'][3]['concurrency']} in flight: CPU"
+        f"create, {result['runs'][0]['concurrency']} in flight: CPU"
         f" {result['create_service_cpu_cores']} cores"
         f" (machine: {result['create_machine_cpu_cores_busy']} of its cores busy)",
     ]

@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import uuid
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 import nats
 from aiohttp import web
@@ -19,47 +17,29 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers.event_publisher import JetStreamEventPublisher
 from handlers.nats_consumer import (
-    COMMAND_CONSUMER,
-    COMMAND_STREAM,
-    DeliveryPolicy,
     Drain,
     mend_pull_timeouts,
-    register_command_consumer,
-    register_outcome_query,
 )
-from handlers.pipeline import CommandProcessor
-from handlers.ports import UpstreamServices
-from handlers.registry import standard_commands
 from handlers.reply_subjects import UnsafeReplyPrefix
-from integrations.identity import JwksSource, JwtVerifier
-from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
-from service.http import create_http_app
-from service.scheduler import Scheduler, utc_now
-from service.scrape_gauges import watch_at_scrape
+from service.scheduler import Scheduler
 from service.settings import Settings
-from service.telemetry import CommandTelemetry, JwksTelemetry, ReadTelemetry, ServiceMetrics
+from service.telemetry import ServiceMetrics
 from service.topology import TopologyRefused, ensure_topology
+from service.wiring import (
+    NATS_MAX_OUTSTANDING_PINGS,
+    NATS_PING_INTERVAL_S,
+    Connections,
+    NatsCallbacks,
+    delivery_policy,
+    scheduler_for,
+    wire_service,
+)
 from storage.database import create_engine
-from storage.outbox_relay import OutboxRelay, RelaySettings
-from storage.read_routing import ReadRouter
-from storage.reads import ping, read_command_outcome, runtime_role_problem
-from storage.schedule_store import SqlScheduleStore
-from storage.transaction import SqlTransaction
+from storage.outbox_relay import OutboxRelay
+from storage.reads import runtime_role_problem
 
 log = logging.getLogger(__name__)
-
-
-# FastStream cancels handlers still running this long after our own drain deadline (which should have
-# handed them back already).
-FASTSTREAM_GRACE_MARGIN_S = 5.0
-# A NATS node that stops dead without closing its sockets (a paused VM, a partition, SIGSTOP) is noticed only
-# by unanswered pings: nats-py's defaults (every 120 s, two outstanding) take up to six minutes, during which
-# the connection's commands and events stall. Every 5 s with two outstanding, the connection moves to a live
-# node within 15 s.
-NATS_PING_INTERVAL_S = 5
-NATS_MAX_OUTSTANDING_PINGS = 2
 
 
 class StartupRefused(RuntimeError):
@@ -112,6 +92,8 @@ class RunningService:
 
 
 async def start_service(settings: Settings) -> RunningService:
+    """Check the configuration and the database roles, connect, make sure the streams are as configured,
+    wire the service (`service.wiring`) and start it: HTTP first, then intake, relay and scheduler."""
     missing = settings.missing_for_serve()
     if missing:
         raise StartupRefused(f"missing configuration: {', '.join(missing)}")
@@ -119,7 +101,51 @@ async def start_service(settings: Settings) -> RunningService:
         replies = settings.reply_subjects()
     except UnsafeReplyPrefix as exc:
         raise StartupRefused(f"CAREPLAN_REPLY_SUBJECT_PREFIXES: {exc}") from exc
-    assert settings.database_url and settings.system_database_url and settings.jwks_url
+    stopping, connection_lost = asyncio.Event(), asyncio.Event()
+    connections = await _connect(settings, stopping, connection_lost)
+    wiring = wire_service(
+        settings,
+        connections,
+        replies,
+        stopping=stopping,
+        command_events=NatsCallbacks("commands", stopping, connection_lost),
+    )
+    http_runner = web.AppRunner(wiring.app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    await http_runner.setup()
+    site = web.TCPSite(http_runner, settings.http_host, settings.http_port)
+    await site.start()
+    port = _bound_port(site, settings.http_port)
+
+    await wiring.broker.start()
+    mend_pull_timeouts(wiring.command_subscriber)
+    service = RunningService(
+        settings,
+        wiring.broker,
+        connections.nc,
+        connections.runtime_engine,
+        connections.system_engine,
+        wiring.relay,
+        http_runner,
+        port,
+        wiring.metrics,
+        wiring.drain,
+        stopping=stopping,
+        connection_lost=connection_lost,
+        read_engine=connections.read_engine,
+    )
+    service.relay_task = asyncio.create_task(wiring.relay.run(service.stop_event), name="outbox-relay")
+    service.scheduler = wiring.scheduler
+    service.scheduler_task = asyncio.create_task(wiring.scheduler.run(service.stop_event), name="scheduler")
+    log.info("care-plan-service started", extra={"http": service.http_url})
+    return service
+
+
+async def _connect(
+    settings: Settings, stopping: asyncio.Event, connection_lost: asyncio.Event
+) -> Connections:
+    """The database pools (refused when a role would slip past RLS) and the NATS connection, with the
+    streams as configured; what was opened is closed again on a refusal."""
+    assert settings.database_url and settings.system_database_url
     runtime_engine = create_engine(settings.database_url, pool_size=settings.workers + 4)
     system_engine = create_engine(
         settings.system_database_url, pool_size=4, application_name="careplan-relay"
@@ -142,25 +168,7 @@ async def start_service(settings: Settings) -> RunningService:
     except BaseException:
         await _dispose(runtime_engine, system_engine, read_engine)
         raise
-
-    policy = DeliveryPolicy(
-        max_deliver=settings.max_deliver,
-        ack_wait_s=settings.ack_wait_s,
-        backoff_max_s=settings.nak_backoff_max_s,
-        workers=settings.workers,
-    )
-    metrics = ServiceMetrics()
-    signing_keys = JwksSource(
-        settings.jwks_url,
-        ttl_s=settings.jwks_cache_ttl_s,
-        max_stale_s=settings.jwks_max_stale_s,
-        observer=JwksTelemetry(metrics),
-    )
-    verifier = JwtVerifier(signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None)
-    stopping, connection_lost = asyncio.Event(), asyncio.Event()
-    relay_events = _NatsEvents("relay", stopping, connection_lost)
-    command_events = _NatsEvents("commands", stopping, connection_lost)
-    telemetry = CommandTelemetry(metrics)
+    relay_events = NatsCallbacks("relay", stopping, connection_lost)
     nc = await nats.connect(
         servers=settings.nats_servers(),
         name="careplan-relay",
@@ -172,160 +180,14 @@ async def start_service(settings: Settings) -> RunningService:
         reconnected_cb=relay_events.reconnected,
         closed_cb=relay_events.closed,
     )
-    js = nc.jetstream()
     try:
-        await ensure_topology(js, policy, replicas=settings.stream_replicas)
+        await ensure_topology(nc.jetstream(), delivery_policy(settings), replicas=settings.stream_replicas)
     except TopologyRefused as exc:
         stopping.set()  # a close of our own: not "closed for good"
         await nc.close()
         await _dispose(runtime_engine, system_engine, read_engine)
         raise StartupRefused(f"refusing to start: {exc}") from exc
-    upstream = upstream_services(settings, nc)
-    processor = CommandProcessor(
-        verifier=verifier,
-        commands=standard_commands(),
-        transactions=lambda tenant_id: SqlTransaction(runtime_engine, tenant_id),
-        clock=utc_now,
-        new_id=uuid.uuid4,
-        role_permissions=settings.role_table(),
-        upstream=upstream,
-        observer=telemetry,
-    )
-
-    publish = JetStreamEventPublisher(nc, on_published=metrics.events_published.inc)
-    relay = OutboxRelay(system_engine, publish, RelaySettings(poll_interval_s=settings.relay_poll_interval_s))
-
-    # FastStream's per-message "Received"/"Processed" lines at DEBUG: two INFO lines per delivery drown the
-    # lines that matter (retries, dead letters) and cost I/O under load.
-    broker = NatsBroker(
-        settings.nats_servers(),
-        graceful_timeout=settings.shutdown_grace_s + FASTSTREAM_GRACE_MARGIN_S,
-        max_reconnect_attempts=-1,
-        ping_interval=NATS_PING_INTERVAL_S,
-        max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
-        logger=log,
-        log_level=logging.DEBUG,
-        error_cb=command_events.error,
-        disconnected_cb=command_events.disconnected,
-        reconnected_cb=command_events.reconnected,
-        closed_cb=command_events.closed,
-    )
-    drain = Drain()
-    command_subscriber = register_command_consumer(
-        broker, processor, policy, telemetry, drain=drain, replies=replies
-    )
-    register_outcome_query(
-        broker,
-        verifier,
-        lambda tenant_id, command_id: read_command_outcome(runtime_engine, tenant_id, command_id),
-        replies=replies,
-        observer=telemetry,
-    )
-
-    async def readiness() -> dict[str, bool]:
-        checks = {
-            "accepting": not stopping.is_set(),
-            "database": True,
-            "nats": broker_connected(broker) and nc.is_connected,
-            "consumer": True,
-        }
-        if stopping.is_set():  # draining: say so at once, without waiting on the dependencies
-            metrics.ready.set(0)
-            return checks
-        try:
-            await ping(runtime_engine)
-        except Exception:
-            checks["database"] = False
-        try:
-            await js.consumer_info(COMMAND_STREAM, COMMAND_CONSUMER, timeout=2.0)
-        except Exception:
-            checks["consumer"] = False
-        metrics.ready.set(1 if all(checks.values()) else 0)
-        return checks
-
-    async def refresh_readiness() -> None:
-        await readiness()  # sets careplan_ready
-
-    metrics.on_scrape("readiness", refresh_readiness)
-    reads = ReadRouter(
-        runtime_engine, read_engine, read_wait_s=settings.read_wait_ms / 1000, observer=ReadTelemetry(metrics)
-    )
-    watch_at_scrape(
-        metrics,
-        js=js,
-        system_engine=system_engine,
-        relay=relay,
-        upstream=upstream,
-        signing_keys=signing_keys,
-        reads=reads,
-    )
-
-    app = create_http_app(
-        runtime_engine,
-        verifier,
-        readiness,
-        cursor_secret=settings.cursor_secret.encode() if settings.cursor_secret else None,
-        public_base_url=settings.public_base_url,
-        relay_role=lambda: "leader" if relay.is_leader else "standby",
-        processor=processor,
-        metrics=metrics,
-        reads=reads,
-    )
-    http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
-    await http_runner.setup()
-    site = web.TCPSite(http_runner, settings.http_host, settings.http_port)
-    await site.start()
-    port = _bound_port(site, settings.http_port)
-
-    await broker.start()
-    mend_pull_timeouts(command_subscriber)
-    service = RunningService(
-        settings,
-        broker,
-        nc,
-        runtime_engine,
-        system_engine,
-        relay,
-        http_runner,
-        port,
-        metrics,
-        drain,
-        stopping=stopping,
-        connection_lost=connection_lost,
-        read_engine=read_engine,
-    )
-    service.relay_task = asyncio.create_task(relay.run(service.stop_event), name="outbox-relay")
-    service.scheduler = scheduler_for(settings, system_engine)
-    service.scheduler_task = asyncio.create_task(service.scheduler.run(service.stop_event), name="scheduler")
-    log.info("care-plan-service started", extra={"http": service.http_url})
-    return service
-
-
-@dataclass(frozen=True)
-class _NatsEvents:
-    """One log line per NATS connection event, instead of nats-py's traceback per reconnect attempt.
-    A connection closed for good (not by our own stop) ends the process: nothing would be served."""
-
-    connection: str
-    stopping: asyncio.Event
-    lost_for_good: asyncio.Event
-
-    async def error(self, exc: Exception) -> None:
-        log.warning("NATS %s connection: %s: %s", self.connection, type(exc).__name__, exc)
-
-    async def disconnected(self) -> None:
-        if not self.stopping.is_set():  # not our own close
-            log.warning("NATS %s connection lost; reconnecting", self.connection)
-
-    async def reconnected(self) -> None:
-        log.info("NATS %s connection re-established", self.connection)
-
-    async def closed(self) -> None:
-        if not self.stopping.is_set():
-            log.error(
-                "NATS %s connection closed for good; stopping so the supervisor restarts us", self.connection
-            )
-            self.lost_for_good.set()
+    return Connections(runtime_engine, system_engine, read_engine, nc)
 
 
 async def _dispose(*engines: AsyncEngine | None) -> None:
@@ -333,39 +195,6 @@ async def _dispose(*engines: AsyncEngine | None) -> None:
     for engine in engines:
         if engine is not None:
             await engine.dispose()
-
-
-def upstream_services(settings: Settings, nc: NatsClient) -> UpstreamServices | None:
-    """The NATS adapters of the services we do not own; None when `upstream_mode` is `off` (ids and
-    codes are then taken as given, as in `careplan dev`)."""
-    if settings.upstream_mode == "off":
-        return None
-    return nats_upstream_services(
-        nc,
-        UpstreamSubjects(
-            registration=settings.upstream_registration_subject,
-            scheduling=settings.upstream_scheduling_subject,
-            providers=settings.upstream_providers_subject,
-            terminology=settings.upstream_terminology_subject,
-        ),
-        UpstreamSettings(
-            subject="",
-            timeout_s=settings.upstream_timeout_ms / 1000,
-            cache_ttl_s=settings.upstream_cache_ttl_s,
-            breaker_failures=settings.upstream_breaker_failures,
-            breaker_reset_s=settings.upstream_breaker_reset_s,
-        ),
-        settings.terminology_system_set(),
-    )
-
-
-def scheduler_for(settings: Settings, system_engine: AsyncEngine) -> Scheduler:
-    return Scheduler(
-        SqlScheduleStore(system_engine),
-        interval_s=settings.scheduler_interval_s,
-        metrics_interval_s=settings.metrics_interval_s,
-        timezone=ZoneInfo(settings.scheduler_timezone),
-    )
 
 
 async def schedule_until_signalled(settings: Settings) -> None:
@@ -382,13 +211,6 @@ async def schedule_until_signalled(settings: Settings) -> None:
         await scheduler_for(settings, engine).run(stop)
     finally:
         await engine.dispose()
-
-
-def broker_connected(broker: NatsBroker) -> bool:
-    try:
-        return bool(broker.connection.is_connected)
-    except Exception:  # not connected yet: FastStream raises on a missing connection
-        return False
 
 
 def _bound_port(site: web.TCPSite, configured: int) -> int:

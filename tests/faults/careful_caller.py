@@ -19,8 +19,8 @@ import nats.errors
 import orjson
 from nats.aio.client import Client as NatsClient
 
-from service.runner import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_INTERVAL_S
 from service.topology import EVENT_STREAM
+from service.wiring import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_INTERVAL_S
 from tests.faults.lab import Lab
 from tests.faults.load import CommandLoad, Sent, read_stream
 
