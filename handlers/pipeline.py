@@ -35,7 +35,6 @@ from handlers.registry import Commands, CommandSpec
 from handlers.unit_of_work import UnitOfWork
 from handlers.upstream_checks import CheckedEncounter, check_references, references_of
 from schemas.commands import MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
-from schemas.fhir_validation import InvalidFhirResource
 from schemas.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -167,9 +166,6 @@ class CommandProcessor:
             )
         except Rejection as rejection:
             return error_reply(command_id, rejection)
-        except InvalidFhirResource:
-            log.exception("rendered FHIR failed validation", extra={"command_id": command_id})
-            return error_reply(command_id, Rejection(ErrorCode.INTERNAL, "internal error"))
 
     async def _execute_once(
         self,

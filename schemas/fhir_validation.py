@@ -1,4 +1,6 @@
-"""Check rendered FHIR JSON against the fhir.resources models before it is stored or sent.
+"""Check rendered FHIR JSON against the fhir.resources models. The renderers make valid FHIR by
+construction; the property tests (tests/unit/use_cases) hold them to it through this check, instead of
+running it over every write.
 
 fhir.resources 8 ships R4B, not R4 (DOMAIN.md decision 7); for CarePlan, Goal, Task, CareTeam and
 Provenance the elements we write are the same in both. It checks structure and datatypes, not code
