@@ -20,6 +20,7 @@ from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
 from handlers.ports import (
+    AlreadyRecorded,
     AuthenticationFailed,
     Clock,
     CommandObservation,
@@ -28,6 +29,7 @@ from handlers.ports import (
     NoObserver,
     StoredOutcome,
     TokenVerifier,
+    Transaction,
     TransactionFactory,
     UpstreamServices,
 )
@@ -214,23 +216,40 @@ class CommandProcessor:
             upstream_checked=self._upstream is not None,
             checked_encounter=checked_encounter,
         )
-        async with self._transactions(principal.tenant_id) as transaction:
-            stored = await transaction.claim(envelope.command_id)
-            if stored is not None:
-                seen.replayed = stored.request_hash == request_hash
-                return _answer_again(stored, request_hash)
-            uow = UnitOfWork(transaction, ctx)
-            try:
-                if refused is not None:
-                    raise refused
-                await spec.execute(data, ctx, uow)
-            except DomainError as exc:
-                # Business rejections are final: remember them, so a redelivery gets the same answer.
-                # Nothing of the use case was written: the unit of work writes only at commit.
-                await uow.reject(error_reply(str(envelope.command_id), rejection_for(exc)))
-            if uow.answer is None:
-                raise RuntimeError(f"{spec.name} ended without committing its unit of work")
-            return uow.answer
+        try:
+            # No lookup first: the command log's key refuses a second outcome for the id at commit, and a
+            # redelivery (rare) is answered from the log then.
+            async with self._transactions(principal.tenant_id) as transaction:
+                return await self._run_use_case(spec, data, ctx, transaction, refused)
+        except AlreadyRecorded:
+            # A twin delivery committed first (or this one is a redelivery after its commit): its answer.
+            async with self._transactions(principal.tenant_id) as again:
+                stored = await again.find_outcome(envelope.command_id)
+            if stored is None:
+                raise RuntimeError(f"command {envelope.command_id} is recorded yet has no outcome") from None
+        seen.replayed = stored.request_hash == request_hash
+        return _answer_again(stored, request_hash)
+
+    async def _run_use_case(
+        self,
+        spec: CommandSpec,
+        data: BaseModel,
+        ctx: CommandContext,
+        transaction: Transaction,
+        refused: DomainError | None,
+    ) -> Reply:
+        uow = UnitOfWork(transaction, ctx)
+        try:
+            if refused is not None:
+                raise refused
+            await spec.execute(data, ctx, uow)
+        except DomainError as exc:
+            # Business rejections are final: remember them, so a redelivery gets the same answer.
+            # Nothing of the use case was written: the unit of work writes only at commit.
+            await uow.reject(error_reply(str(ctx.command_id), rejection_for(exc)))
+        if uow.answer is None:
+            raise RuntimeError(f"{spec.name} ended without committing its unit of work")
+        return uow.answer
 
 
 @dataclass(slots=True)

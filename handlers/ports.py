@@ -86,6 +86,11 @@ class CommitRecord:
     outbox: tuple[OutboxMessage, ...] = ()
 
 
+class AlreadyRecorded(Exception):
+    """The command log holds this command id already (a redelivery, or a twin delivered at the same time
+    that committed first): nothing of this transaction was committed; answer from the log."""
+
+
 class Transaction(Protocol):
     """The unit of work's port: one tenant-bound transaction (`storage.transaction.SqlTransaction` is the
     real one). Reads lock what they return; nothing is written until `commit`."""
@@ -95,14 +100,7 @@ class Transaction(Protocol):
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
-    async def claim(self, command_id: uuid.UUID) -> StoredOutcome | None:
-        """Hold this command id until commit (a concurrent delivery of it waits here), and its outcome when
-        it already has one."""
-        ...
-
-    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None:
-        """The outcome if any, without holding the id: asked before upstream checks."""
-        ...
+    async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None: ...
 
     async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
         """The whole aggregate, its plan row locked until commit."""
@@ -115,8 +113,9 @@ class Transaction(Protocol):
         ...
 
     async def commit(self, record: CommitRecord) -> str | None:
-        """Write the record and commit; the commit's WAL position (CONTRACT §11), when known. A version
-        guard that fails (a lost update) raises before anything is committed."""
+        """Write the record and commit; the commit's WAL position (CONTRACT §11), when known. Raises
+        `AlreadyRecorded` when the outcome's command id is in the log already, and RuntimeError when a
+        version guard fails (a lost update); either way nothing is committed."""
         ...
 
 

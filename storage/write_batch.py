@@ -3,8 +3,9 @@ the command log — as ONE statement: each kind of row is a part (a CTE) of it, 
 trip to write, however many resources it changed.
 
 The parts see the statement's snapshot: the index deletes do not see the index inserts. The statement
-returns how many current rows it wrote; one fewer than asked means a version guard failed (a lost update),
-and the caller must not commit."""
+returns how many current rows it wrote — one fewer than asked means a version guard failed (a lost update)
+— and whether the command log took the outcome: a twin delivery of the command that committed first makes
+this one a replay. In either case the caller must not commit."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def _current_cte(resource_type: str) -> str:
 
 
 def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[TextClause, dict[str, Any]]:
-    """The statement and its parameters; it selects the number of current rows written."""
+    """The statement and its parameters. It selects the number of current rows written and whether the
+    outcome was (1, or 0 when the command log holds the id already: a twin committed first)."""
     ctes: list[str] = []
     params: dict[str, Any] = {"tenant": tenant_id}
     written: list[str] = []
@@ -138,7 +140,8 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[TextClause, 
     ctes.append(
         "w_outcome AS (INSERT INTO command_log (tenant_id, command_id, command_type, request_hash, status, "
         "outcome, correlation_id) VALUES (:tenant, :command_id, :c_type, :c_hash, :c_status, "
-        "CAST(:c_outcome AS jsonb), :c_correlation))"
+        "CAST(:c_outcome AS jsonb), :c_correlation) "
+        "ON CONFLICT (tenant_id, command_id) DO NOTHING RETURNING 1)"
     )
     params |= {
         "command_id": outcome.command_id,
@@ -159,4 +162,4 @@ def _json_text(value: Any) -> str:
 def _statement(ctes: tuple[str, ...], written: str) -> TextClause:
     """Commands come in few shapes; parsing a long statement's parameters each time cost more than
     building its values."""
-    return text(f"WITH {', '.join(ctes)} SELECT {written}")
+    return text(f"WITH {', '.join(ctes)} SELECT {written}, (SELECT count(*) FROM w_outcome)")

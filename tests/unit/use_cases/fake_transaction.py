@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal
-from handlers.ports import CommitRecord, StoredOutcome
+from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
 
 
 @dataclass
@@ -43,9 +43,6 @@ class InMemoryTransaction:
     async def __aexit__(self, *exc: Any) -> None:
         pass
 
-    async def claim(self, command_id: uuid.UUID) -> StoredOutcome | None:
-        return await self.find_outcome(command_id)
-
     async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None:
         return self._database.outcomes.get((self.tenant_id, command_id))
 
@@ -74,9 +71,11 @@ class InMemoryTransaction:
     async def commit(self, record: CommitRecord) -> str | None:
         if self.committed:
             raise RuntimeError("committed twice")
+        outcome = record.outcome
+        if (self.tenant_id, outcome.command_id) in self._database.outcomes:
+            raise AlreadyRecorded(str(outcome.command_id))  # as the command log's key refuses it
         for version in record.versions:
             self._store(copy.deepcopy(version.entity))
-        outcome = record.outcome
         self._database.outcomes[(self.tenant_id, outcome.command_id)] = StoredOutcome(
             outcome.command_type, outcome.request_hash, outcome.status, outcome.reply
         )
