@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from domain.errors import ModuleNotLicensed, NotPermitted
 
 MODULE_ENTITLEMENT = "ehr.care_plans"
+# CONTRACT §5: a tenant id becomes a token of event subjects, so it is letters, digits, `_` and `-` only.
+TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 PATIENT_ROLE = "patient"

@@ -11,10 +11,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from domain.access import PatientWithoutContext, Principal
+from domain.access import TENANT_ID, PatientWithoutContext, Principal
 from handlers.ports import AuthenticationFailed
 
-TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # CONTRACT §5: it becomes a subject token
 PATIENT_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # a FHIR id
 # Printable ASCII without spaces: roles, entitlements, scopes, ids of tokens and issuers.
 WORD = re.compile(r"[!-~]{1,256}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 from pydantic import TypeAdapter
-from sqlalchemy import Table, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table
 
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
@@ -44,34 +44,35 @@ class MissingState(RuntimeError):
 
 
 # The plan's parts, in one statement: read after the plan's row lock, which every writer of them takes.
-_PARTS = text(
-    "SELECT 'Goal', id, state FROM goals WHERE tenant_id = :tenant AND plan_id = :plan "
-    "UNION ALL SELECT 'Task', id, state FROM tasks WHERE tenant_id = :tenant AND plan_id = :plan "
-    "UNION ALL SELECT 'CareTeam', id, state FROM care_teams WHERE tenant_id = :tenant AND plan_id = :plan"
+_PLAN = "SELECT state::text FROM care_plans WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+_PARTS = (
+    "SELECT 'Goal', id, state::text FROM goals WHERE tenant_id = $1 AND plan_id = $2 "
+    "UNION ALL SELECT 'Task', id, state::text FROM tasks WHERE tenant_id = $1 AND plan_id = $2 "
+    "UNION ALL SELECT 'CareTeam', id, state::text FROM care_teams WHERE tenant_id = $1 AND plan_id = $2"
 )
+_PLAN_OF = {
+    resource_type: f"SELECT plan_id FROM {table.name} WHERE tenant_id = $1 AND id = $2"
+    for resource_type, table in _TABLES.items()
+    if resource_type != "CarePlan"
+}
 
 
-async def load_plan(conn: AsyncConnection, tenant_id: str, plan_id: str) -> CarePlanAggregate | None:
+async def load_plan(conn: asyncpg.Connection, tenant_id: str, plan_id: str) -> CarePlanAggregate | None:
     """The whole aggregate, with the plan row locked: every command on a plan (or its parts) queues here,
-    so versions and the outbox order of one plan's events follow commit order."""
-    locked = (
-        await conn.execute(
-            select(tables.care_plans.c.state)
-            .where(tables.care_plans.c.tenant_id == tenant_id, tables.care_plans.c.id == plan_id)
-            .with_for_update()
-        )
-    ).one_or_none()
+    so versions and the outbox order of one plan's events follow commit order. States are parsed from
+    the stored JSON text by pydantic directly."""
+    locked = await conn.fetchrow(_PLAN, tenant_id, plan_id)
     if locked is None:
         return None
     if locked[0] is None:
         raise MissingState(f"CarePlan/{plan_id} has no stored domain state")
-    plan: CarePlan = _STATE["CarePlan"].validate_python(locked[0])
-    parts: dict[str, list[tuple[str, Any]]] = {"Goal": [], "Task": [], "CareTeam": []}
-    for kind, part_id, state in await conn.execute(_PARTS, {"tenant": tenant_id, "plan": plan_id}):
+    plan: CarePlan = _STATE["CarePlan"].validate_json(locked[0])
+    parts: dict[str, list[tuple[str, str]]] = {"Goal": [], "Task": [], "CareTeam": []}
+    for kind, part_id, state in await conn.fetch(_PARTS, tenant_id, plan_id):
         parts[kind].append((part_id, state))
-    goals = [_STATE["Goal"].validate_python(state) for _, state in sorted(parts["Goal"])]
-    activities = [_STATE["Task"].validate_python(state) for _, state in sorted(parts["Task"])]
-    teams = [_STATE["CareTeam"].validate_python(state) for _, state in sorted(parts["CareTeam"])]
+    goals = [_STATE["Goal"].validate_json(state) for _, state in sorted(parts["Goal"])]
+    activities = [_STATE["Task"].validate_json(state) for _, state in sorted(parts["Task"])]
+    teams = [_STATE["CareTeam"].validate_json(state) for _, state in sorted(parts["CareTeam"])]
     return CarePlanAggregate(
         plan,
         goals={g.id: g for g in goals},
@@ -81,12 +82,9 @@ async def load_plan(conn: AsyncConnection, tenant_id: str, plan_id: str) -> Care
 
 
 async def plan_id_of(
-    conn: AsyncConnection, tenant_id: str, resource_type: str, resource_id: str
+    conn: asyncpg.Connection, tenant_id: str, resource_type: str, resource_id: str
 ) -> str | None:
-    table = _TABLES[resource_type]
-    plan_id: str | None = await conn.scalar(
-        select(table.c.plan_id).where(table.c.tenant_id == tenant_id, table.c.id == resource_id)
-    )
+    plan_id: str | None = await conn.fetchval(_PLAN_OF[resource_type], tenant_id, resource_id)
     return plan_id
 
 

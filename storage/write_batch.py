@@ -10,10 +10,10 @@ this one a replay. In either case the caller must not commit."""
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import orjson
-from sqlalchemy import TextClause, text
 
 from handlers.ports import CommitRecord
 from storage.aggregates import current_row
@@ -78,7 +78,7 @@ def _current_cte(resource_type: str) -> str:
     )
 
 
-def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[TextClause, dict[str, Any]]:
+def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[Any]]:
     """The statement and its parameters. It selects the number of current rows written and whether the
     outcome was (1, or 0 when the command log holds the id already: a twin committed first)."""
     ctes: list[str] = []
@@ -151,7 +151,8 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[TextClause, 
         "c_outcome": _json_text(outcome.reply),
         "c_correlation": outcome.correlation_id,
     }
-    return _statement(tuple(ctes), " + ".join(written) or "0"), params
+    sql, names = _statement(tuple(ctes), " + ".join(written) or "0")
+    return sql, [params[name] for name in names]
 
 
 def _json_text(value: Any) -> str:
@@ -159,7 +160,17 @@ def _json_text(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=128)
-def _statement(ctes: tuple[str, ...], written: str) -> TextClause:
-    """Commands come in few shapes; parsing a long statement's parameters each time cost more than
-    building its values."""
-    return text(f"WITH {', '.join(ctes)} SELECT {written}, (SELECT count(*) FROM w_outcome)")
+def _statement(ctes: tuple[str, ...], written: str) -> tuple[str, tuple[str, ...]]:
+    """The statement with asyncpg's positional parameters, and the parameter names in their order.
+    Commands come in few shapes; asyncpg then reuses the prepared statement of each."""
+    named = f"WITH {', '.join(ctes)} SELECT {written}, (SELECT count(*) FROM w_outcome)"
+    order: dict[str, int] = {}
+
+    def positional(match: re.Match[str]) -> str:
+        return f"${order.setdefault(match.group(1), len(order) + 1)}"
+
+    return _NAMED.sub(positional, named), tuple(order)
+
+
+# `:name` parameters, not the `::type` casts beside them.
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
