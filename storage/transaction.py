@@ -51,9 +51,7 @@ class SqlTransaction:
 
     async def __aenter__(self) -> Self:
         try:
-            self._pooled = await self._engine.connect()
-            raw = await self._pooled.get_raw_connection()
-            self._db = raw.driver_connection
+            self._pooled, self._db = await _live_connection(self._engine)
             # One round trip: the transaction and its tenant, transaction-local (set_config's `true`).
             await self.db.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{self.tenant_id}', true)")
         except BaseException as exc:
@@ -144,6 +142,25 @@ class SqlTransaction:
             raise
         finally:
             await pooled.close()
+
+
+# A pool holds at most this many connections; after a database restart every one of them may be dead.
+_MAX_DEAD_CHECKOUTS = 256
+
+
+async def _live_connection(engine: AsyncEngine) -> tuple[AsyncConnection, asyncpg.Connection]:
+    """A pooled connection that asyncpg does not already know to be closed. The server closes idle
+    connections on a restart or when it locks a role out, and SQLAlchemy, which does not run these
+    statements, would hand them out one by one: each would fail a command. They are dropped here."""
+    for _ in range(_MAX_DEAD_CHECKOUTS):
+        pooled = await engine.connect()
+        raw = await pooled.get_raw_connection()
+        db: asyncpg.Connection = raw.driver_connection
+        if not db.is_closed():
+            return pooled, db
+        await pooled.invalidate()
+        await pooled.close()
+    raise Unavailable("database", "every pooled connection was closed")
 
 
 def _breaks_connection(failure: BaseException | None) -> bool:
