@@ -23,6 +23,7 @@ from service.runner import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_INTERVAL_S
 from service.topology import EVENT_STREAM
 from tests.faults.lab import Lab
 from tests.faults.load import CommandLoad, Sent, read_stream
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 async def connect(lab: Lab) -> NatsClient:
@@ -87,10 +88,13 @@ async def outcomes_known(load: CommandLoad, timeout: float = 120.0) -> None:
 
 
 async def event_figures(lab: Lab, nc: NatsClient) -> dict[str, int]:
-    """What a consumer of CAREPLAN_EVENTS sees, against what the outbox holds."""
+    """What a consumer of CAREPLAN_EVENTS sees, against every event row committed to the outbox."""
     on_stream = Counter(event["id"] for event in await read_stream(nc, EVENT_STREAM))
     in_outbox = {
-        str(e) for (e,) in await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%'")
+        str(e)
+        for (e,) in await lab.rows(
+            f"SELECT event_id FROM {OUTBOX_LEDGER} WHERE subject LIKE 'careplan.evt.%'"
+        )
     }
     return {
         "events": len(in_outbox),

@@ -34,6 +34,7 @@ from storage.migrate import migrate
 from tests.conftest import DatabaseUrls, database_urls
 from tests.faults.cluster import NatsCluster
 from tests.faults.cluster import free_port as free_port  # the lab's tests take it from here
+from tests.outbox_ledger import install_outbox_ledger
 
 CAREPLAN = Path(sys.executable).parent / "careplan"
 READY = "care-plan-service ready: HTTP "
@@ -216,6 +217,7 @@ async def fault_lab(
     await ensure_database(server_url, name)
     database = database_urls(server_url, name)
     await migrate(database.admin, database.runtime, database.system)
+    await install_outbox_ledger(database.admin)
     cluster = NatsCluster(workdir / "nats", nats_nodes) if nats_nodes > 1 else None
     nats_server = (
         cluster.nodes[0].server if cluster is not None else EmbeddedNats(workdir / "nats", free_port())

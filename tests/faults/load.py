@@ -23,6 +23,7 @@ from handlers.queries import QUERY_SUBJECT
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 from tests.faults.lab import Lab, until
 from tests.integration.helpers import but_for_position
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 PLAN = {"patient_id": "p1", "title": "Heart failure care plan", "status": "active"}
 
@@ -174,8 +175,10 @@ async def assert_events_once_in_order(lab: Lab, load: CommandLoad, nc: NatsClien
     ]
     ids = Counter(e["id"] for e in events)
     assert [i for i, n in ids.items() if n > 1] == []
+    # Against every event row ever committed to the outbox (the relay deletes what it published)
     outbox = await lab.rows(
-        "SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%' AND subject NOT LIKE '%.metrics.%'"
+        f"SELECT event_id FROM {OUTBOX_LEDGER} "
+        "WHERE subject LIKE 'careplan.evt.%' AND subject NOT LIKE '%.metrics.%'"
     )
     assert set(ids) == {str(e) for (e,) in outbox}
     caused = Counter(e["causationid"] for e in events)
@@ -187,6 +190,6 @@ async def assert_events_once_in_order(lab: Lab, load: CommandLoad, nc: NatsClien
         assert versions == list(range(1, len(versions) + 1)), (resource, versions)
     audit = Counter(a["id"] for a in await read_stream(nc, "CAREPLAN_AUDIT"))
     assert [i for i, n in audit.items() if n > 1] == []
-    audit_rows = await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.audit.%'")
+    audit_rows = await lab.rows(f"SELECT event_id FROM {OUTBOX_LEDGER} WHERE subject LIKE 'careplan.audit.%'")
     assert set(audit) == {str(e) for (e,) in audit_rows}
     assert len(audit) >= len(load.sent)

@@ -18,6 +18,7 @@ from storage.database import create_engine
 from storage.outbox_relay import OutboxRelay, RelaySettings
 from tests.conftest import TokenFactory
 from tests.integration.helpers import CARE_PLAN, but_for_position, count_messages, count_rows, last_event
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 async def test_the_same_command_to_two_workers_at_once_has_one_effect_and_one_reply(
@@ -135,7 +136,7 @@ async def test_a_failure_after_the_writes_leaves_nothing_and_the_redelivery_appl
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
     assert await count_rows(admin_engine, "resource_history", tenant) == 1
     assert await count_rows(admin_engine, "provenance", tenant) == 1
-    assert await count_rows(admin_engine, "outbox", tenant) == 2
+    assert await count_rows(admin_engine, OUTBOX_LEDGER, tenant) == 2  # every row ever in the outbox
 
 
 async def test_a_malformed_command_is_answered_at_once_and_never_retried(
