@@ -188,10 +188,13 @@ class Lab:
             await engine.dispose()
 
     async def outbox_drained(self, timeout: float = 60.0) -> None:
+        """Until nothing waits in the outbox; and nothing may be parked (a parked row never goes out)."""
+
         async def drained() -> bool:
-            return not await self.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            return not await self.scalar("SELECT count(*) FROM outbox")
 
         await until(drained, timeout, "every outbox row published")
+        assert await self.scalar("SELECT count(*) FROM outbox_parked") == 0, "outbox rows were parked"
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -8,6 +8,7 @@ no reply asks `careplan.query.command` for the outcome (CONTRACT §2), and so do
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections import Counter, defaultdict
@@ -136,6 +137,24 @@ async def read_stream(nc: NatsClient, stream: str) -> list[dict[str, Any]]:
         assert msg.data is not None
         events.append(orjson.loads(msg.data))
     return events
+
+
+async def longest_publishing_pause(nc: NatsClient, event_ids: set[str]) -> float:
+    """The longest time, in seconds, between two of these events and audit records being stored on their
+    streams (JetStream's own timestamps: the outbox keeps no row it published)."""
+    js = nc.jetstream()
+    times = []
+    for stream in ("CAREPLAN_EVENTS", "CAREPLAN_AUDIT"):
+        info = await js.stream_info(stream)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            assert msg.data is not None and msg.time is not None
+            if orjson.loads(msg.data)["id"] in event_ids:
+                times.append(msg.time)
+    times.sort()
+    return max(
+        ((later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)), default=0.0
+    )
 
 
 async def assert_each_command_applied_once(lab: Lab, load: CommandLoad) -> None:
