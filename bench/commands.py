@@ -52,7 +52,8 @@ async def run_commands(
             peak_rss = serve.rss.peak_bytes
             error_codes = sorted({e.get("error", {}).get("code", "?") for e in mix.errors})
 
-        sql = SqlTransactions(database.runtime, await sample_write_sets(database.admin), run_id=run_id)
+        samples = await sample_write_sets(database.admin, servers.nats_url)
+        sql = SqlTransactions(database.runtime, samples, run_id=run_id)
         await sql.start(concurrency)
         try:
             await closed_loop("warm-up", sql.request(), concurrency=concurrency, total=warm_up)
