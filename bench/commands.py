@@ -122,7 +122,8 @@ async def _mix(
             peak_rss = serve.rss.peak_bytes
             error_codes = sorted({e.get("error", {}).get("code", "?") for e in mix.errors})
 
-        sql = SqlTransactions(database.runtime, await sample_write_sets(database.admin), run_id=run_id)
+        samples = await sample_write_sets(database.admin, servers.nats_url)
+        sql = SqlTransactions(database.runtime, samples, run_id=run_id)
         await sql.start(concurrency)
         try:
             await closed_loop("warm-up", sql.request(), concurrency=concurrency, total=warm_up)
@@ -190,7 +191,7 @@ async def _creates(
             machine_busy = round(psutil.cpu_percent() / 100 * (psutil.cpu_count() or 1), 2)
             loaded_rss = serve.rss.peak_bytes
 
-        rows = await sample_minimal_rows(database.admin)
+        rows = await sample_minimal_rows(database.admin, servers.nats_url)
         minimal = MinimalTransactions(database.runtime, rows, run_id=run_id)
         await minimal.start()
         try:

@@ -75,9 +75,10 @@ def _resource_id(resource: str) -> str:
     return str(orjson.loads(resource)["id"])
 
 
-async def sample_minimal_rows(admin_dsn: str) -> MinimalRows:
-    """The rows of the newest successful `careplan.create` in the database (read as the owner)."""
-    return minimal_rows((await sample_write_sets(admin_dsn, (COMMAND,)))[COMMAND])
+async def sample_minimal_rows(admin_dsn: str, nats_url: str) -> MinimalRows:
+    """The rows of the newest successful `careplan.create` in the database (read as the owner), its
+    outbox rows as published."""
+    return minimal_rows((await sample_write_sets(admin_dsn, nats_url, (COMMAND,)))[COMMAND])
 
 
 class MinimalTransactions:

@@ -2,7 +2,8 @@
 service wrote for a command of that type (current rows, search index, history, Provenance, outbox,
 command log) and the same reads it needs (command log, the plan locked, its parts) — issued directly with
 asyncpg, prepared statements and one statement per kind of row, as the runtime role under RLS, at the
-same concurrency. The rows are copied from commands the service really executed in the same run."""
+same concurrency. The rows are copied from commands the service really executed in the same run; their
+outbox rows from the streams (the relay deleted them once it had published them)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import nats
 import orjson
 
 from bench.load import Request
 from bench.workload import MIX, PLANS_PER_CALLER, TENANTS
+from service.topology import AUDIT_STREAM, EVENT_STREAM
 
 CURRENT_TABLES = {"CarePlan": "care_plans", "Goal": "goals", "Task": "tasks", "CareTeam": "care_teams"}
 INDEX_TABLES = {
@@ -51,12 +54,18 @@ class WriteSet:
     outcome: str
 
 
-async def sample_write_sets(admin_dsn: str, command_types: tuple[str, ...] = MIX) -> dict[str, WriteSet]:
+# How far back the streams are read for the sampled commands' events: they are the newest of their type.
+PUBLISHED_WINDOW = 5000
+
+
+async def sample_write_sets(
+    admin_dsn: str, nats_url: str, command_types: tuple[str, ...] = MIX
+) -> dict[str, WriteSet]:
     """One executed command of each type (those of the mix unless told), and every row it wrote, read as
-    the owner."""
+    the owner (its outbox rows as published)."""
     conn = await asyncpg.connect(admin_dsn)
     try:
-        samples = {}
+        sampled = {}
         for command_type in command_types:
             row = await conn.fetchrow(
                 "SELECT tenant_id, command_id, outcome::text FROM command_log WHERE command_type = $1 "
@@ -65,14 +74,43 @@ async def sample_write_sets(admin_dsn: str, command_types: tuple[str, ...] = MIX
             )
             if row is None:
                 raise RuntimeError(f"no {command_type} ran in the service phase")
-            samples[command_type] = await _write_set(conn, command_type, row[0], row[1], row[2])
-        return samples
+            sampled[command_type] = (row[0], row[1], row[2])
+        published = await _published(nats_url, {str(command_id) for _, command_id, _ in sampled.values()})
+        return {
+            command_type: await _write_set(conn, command_type, *row, published.get(str(row[1]), []))
+            for command_type, row in sampled.items()
+        }
     finally:
         await conn.close()
 
 
+async def _published(nats_url: str, command_ids: set[str]) -> dict[str, list[tuple[str, bytes]]]:
+    """The events, then the audit record, each of these commands caused, from the newest messages."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for stream in (EVENT_STREAM, AUDIT_STREAM):
+            state = (await js.stream_info(stream)).state
+            oldest = max(state.first_seq, state.last_seq - PUBLISHED_WINDOW)
+            for seq in range(oldest, state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                assert msg.data is not None and msg.subject is not None
+                command_id = orjson.loads(msg.data).get("causationid")
+                if command_id in command_ids:
+                    found.setdefault(command_id, []).append((msg.subject, msg.data))
+        return found
+    finally:
+        await nc.close()
+
+
 async def _write_set(
-    conn: asyncpg.Connection, command_type: str, tenant: str, command_id: uuid.UUID, outcome: str
+    conn: asyncpg.Connection,
+    command_type: str,
+    tenant: str,
+    command_id: uuid.UUID,
+    outcome: str,
+    outbox: list[tuple[str, bytes]],
 ) -> WriteSet:
     resources = []
     for history in await conn.fetch(
@@ -104,16 +142,11 @@ async def _write_set(
         resources.append(
             ResourceRow(resource_type, {c: current[c] for c in extra}, current[0], current[1], index)
         )
-    outbox = [
-        (r[0], bytes(r[1]))
-        for r in await conn.fetch(
-            "SELECT subject, payload FROM outbox WHERE tenant_id = $1 "
-            "AND convert_from(payload, 'UTF8')::jsonb ->> 'causationid' = $2 ORDER BY id",
-            tenant,
-            str(command_id),
+    audit_id = next((orjson.loads(p)["id"] for s, p in outbox if s.startswith("careplan.audit.")), None)
+    if audit_id is None:
+        raise RuntimeError(
+            f"the audit record of {command_type} {command_id} is not among the newest messages"
         )
-    ]
-    audit_id = next(orjson.loads(p)["id"] for s, p in outbox if s.startswith("careplan.audit."))
     provenance = await conn.fetchval(
         "SELECT resource::text FROM provenance WHERE tenant_id = $1 AND id = $2", tenant, audit_id
     )

@@ -86,7 +86,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.outbox_parked = Gauge(
-            "careplan_outbox_parked", "Outbox rows parked after repeated publish failures", registry=r
+            "careplan_outbox_parked",
+            "Outbox rows the broker can never take, parked for an operator",
+            registry=r,
         )
         self.relay_lag = Gauge(
             "careplan_outbox_relay_lag_seconds",

@@ -33,7 +33,10 @@ RUNTIME_GRANTS: dict[str, str] = {
     "search_string": "SELECT, INSERT, DELETE",
 }
 SYSTEM_GRANTS: dict[str, str] = {
+    # The relay locks waiting rows (FOR UPDATE needs UPDATE), deletes what it published and moves what it
+    # parks; the scheduler inserts its signals. Parked rows are only counted (metrics) and added to.
     "outbox": "SELECT, INSERT, UPDATE, DELETE",
+    "outbox_parked": "SELECT, INSERT",
     # The scheduler reads across tenants and takes a plan's row lock, as every command on the plan does, so
     # its signals queue behind the plan's changes. Postgres lets only a role with an UPDATE privilege lock
     # a row; the column it may update is one the scheduler never writes.

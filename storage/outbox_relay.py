@@ -1,8 +1,10 @@
 """The outbox relay: publishes committed outbox rows to JetStream, in id order per resource, at least once.
 
 One active relay per database (a session advisory lock; other replicas wait as standbys), woken by
-LISTEN/NOTIFY with polling as the fallback. It reads *unpublished rows*, never a high-water mark: ids are
-taken at insert, not at commit, so a late commit can land below a mark (DESIGN.md, the gap trap).
+LISTEN/NOTIFY with polling as the fallback. A row leaves the outbox in the transaction that published it
+(deleted) or found it unpublishable (moved to `outbox_parked`), so every row in the outbox is waiting, and
+the relay reads them all, never a high-water mark: ids are taken at insert, not at commit, so a late commit
+can land below a mark (DESIGN.md, the gap trap).
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -45,8 +45,6 @@ class RelaySettings:
     # leader election or a restart ending, at the cost of one retry (and one log line) per wait.
     broker_retry_max_s: float = 2.0
     database_retry_max_s: float = 30.0
-    retention: timedelta = timedelta(days=7)
-    cleanup_every_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +78,7 @@ class OutboxRelay:
         self._publish = publish
         self._settings = settings or RelaySettings()
         self._wake = asyncio.Event()
-        self._last_cleanup = float("-inf")
+        self._said_schema_is_old = False
         self.is_leader = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -121,14 +119,13 @@ class OutboxRelay:
             retries = 0
             if result.published == self._settings.batch_size or result.parked:
                 continue  # more rows waiting, or rows held back behind a parked one; do not sleep
-            if time.monotonic() - self._last_cleanup >= self._settings.cleanup_every_s:
-                self._last_cleanup = time.monotonic()
-                await self.delete_expired()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_wake_or_stop(stop), self._settings.poll_interval_s)
 
     async def publish_batch(self) -> BatchResult:
-        """Publish the oldest unpublished rows, mark them in the same transaction that locked them.
+        """Publish the oldest waiting rows and delete them in the transaction that locked them, so no row is
+        ever left both published and in the outbox (a row whose delete did not commit, say the connection
+        died after the PubAck, is published again and the stream drops the copy by its Nats-Msg-Id).
 
         Rows of one resource go out one after another, each awaiting its PubAck (so the stream keeps
         their commit order); the rows of different resources go out side by side, so one batch costs
@@ -138,7 +135,6 @@ class OutboxRelay:
                 await conn.execute(
                     text(
                         "SELECT id, tenant_id, event_id, subject, payload FROM outbox "
-                        "WHERE published_at IS NULL AND parked_at IS NULL "
                         "ORDER BY id LIMIT :n FOR UPDATE"
                     ),
                     {"n": self._settings.batch_size},
@@ -152,9 +148,7 @@ class OutboxRelay:
             published = [row_id for done, _ in outcomes for row_id in done]
             failures = [failure for _, failure in outcomes if failure is not None]
             if published:
-                await conn.execute(
-                    text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"), {"ids": published}
-                )
+                await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": published})
             unpublishable = [f for f in failures if isinstance(f[1], PermanentPublishError)]
             for bad_row, error in unpublishable:
                 await self._park(conn, bad_row, error)
@@ -183,25 +177,18 @@ class OutboxRelay:
         return done, None
 
     async def _park(self, conn: AsyncConnection, row_id: int, exc: Exception) -> None:
-        """Set aside a row the broker can never take, on its first failure: retrying it would only hold
-        up the rows behind it. `attempts` says how often publishing it failed (one)."""
+        """Move a row the broker can never take to `outbox_parked`, on its first failure: retrying it would
+        only hold up the rows behind it. It keeps its id there, for an operator to mend and move back."""
         await conn.execute(
             text(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = :error, parked_at = now() "
-                "WHERE id = :id"
+                "WITH parked AS (DELETE FROM outbox WHERE id = :id "
+                "RETURNING id, tenant_id, event_id, subject, payload, created_at) "
+                "INSERT INTO outbox_parked (id, tenant_id, event_id, subject, payload, created_at, "
+                "last_error) SELECT id, tenant_id, event_id, subject, payload, created_at, :error FROM parked"
             ),
             {"id": row_id, "error": str(exc)[:2000]},
         )
         log.error("outbox row %d parked: %s", row_id, exc, extra={"outbox_id": row_id})
-
-    async def delete_expired(self) -> int:
-        """Delete rows published longer ago than the retention; returns how many."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => :keep_s)"),
-                {"keep_s": self._settings.retention.total_seconds()},
-            )
-        return int(result.rowcount or 0)
 
     async def _wait_wake_or_stop(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
@@ -217,6 +204,8 @@ class OutboxRelay:
         conn = await self._engine.connect()
         try:
             got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK_KEY})
+            if got and not await self._schema_keeps_only_waiting_rows(conn):
+                got = False  # closing the connection below gives the lock back, to a relay of the old schema
             await conn.commit()
             if not got:
                 yield None
@@ -238,6 +227,20 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await conn.close()
 
+    async def _schema_keeps_only_waiting_rows(self, conn: AsyncConnection) -> bool:
+        """Whether the database has migration 0008. Before it, the outbox also holds published and parked
+        rows, which this relay would take for waiting ones and publish again: it stands by instead (during a
+        rolling deploy, until `careplan migrate` has run), saying so once."""
+        if await conn.scalar(text("SELECT to_regclass('outbox_parked') IS NOT NULL")):
+            return True
+        if not self._said_schema_is_old:
+            self._said_schema_is_old = True
+            log.warning(
+                "outbox relay: the database schema is older than this release; standing by until "
+                "`careplan migrate` has run"
+            )
+        return False
+
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
@@ -249,26 +252,21 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class OutboxBacklog:
-    waiting: int  # unpublished, not parked
-    parked: int
+    waiting: int  # rows in the outbox
+    parked: int  # rows in outbox_parked
     oldest_waiting_s: float  # 0 when nothing waits
 
 
 async def outbox_backlog(engine: AsyncEngine) -> OutboxBacklog:
-    """What the relay has yet to do, across tenants (the system role): from the partial index of
-    unpublished rows, so a scrape costs little however many rows were published."""
+    """What the relay has yet to do, across tenants (the system role). The outbox holds only waiting rows
+    and outbox_parked only parked ones, so a scrape reads no published row."""
     async with engine.connect() as conn:
         waiting = (
             await conn.execute(
-                text(
-                    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox "
-                    "WHERE published_at IS NULL AND parked_at IS NULL"
-                )
+                text("SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox")
             )
         ).one()
-        parked = await conn.scalar(
-            text("SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NOT NULL")
-        )
+        parked = await conn.scalar(text("SELECT count(*) FROM outbox_parked"))
     return OutboxBacklog(
         waiting=int(waiting[0]), parked=int(parked or 0), oldest_waiting_s=max(float(waiting[1]), 0.0)
     )

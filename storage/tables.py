@@ -127,31 +127,33 @@ command_log = Table(
     PrimaryKeyConstraint("tenant_id", "command_id"),
 )
 
-# Events and audit records waiting for the relay, written in the command's own transaction.
+# Events and audit records waiting for the relay, written in the command's own transaction. The relay deletes
+# each row in the transaction that published it, so every row here is waiting: it reads them by id (the
+# primary key, the one index), never by a high-water mark (DESIGN.md, the gap trap).
 outbox = Table(
     "outbox",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("tenant_id", Text, nullable=False),
-    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("event_id", Uuid, nullable=False),
     Column("subject", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-    Column("published_at", DateTime(timezone=True)),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("last_error", Text),
-    Column("parked_at", DateTime(timezone=True)),
-    # The relay reads unpublished rows, never a high-water mark (DESIGN.md, the gap trap).
-    Index(
-        "ix_outbox_unpublished",
-        "id",
-        postgresql_where=text("published_at IS NULL AND parked_at IS NULL"),
-    ),
-    Index(
-        "ix_outbox_parked",
-        "id",
-        postgresql_where=text("published_at IS NULL AND parked_at IS NOT NULL"),
-    ),
+)
+
+# Outbox rows the broker can never take (an invalid subject, too large, no stream takes it), moved here by the
+# relay with the reason, in the transaction that tried them; they wait for an operator, with their outbox id.
+outbox_parked = Table(
+    "outbox_parked",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("tenant_id", Text, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_error", Text, nullable=False),
 )
 
 # The search index (storage.search_index writes it, fhir_read's queries read it).
@@ -215,6 +217,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "provenance",
     "command_log",
     "outbox",
+    "outbox_parked",
     "search_token",
     "search_reference",
     "search_date",

@@ -26,6 +26,7 @@ from service.settings import Settings
 from service.topology import STREAMS
 from storage.database import create_engine, drop_database, ensure_database, with_database
 from storage.migrate import migrate
+from tests.outbox_ledger import install_outbox_ledger
 
 RUNTIME_ROLE = ("careplan_test_app", "test-app-secret")
 SYSTEM_ROLE = ("careplan_test_system", "test-system-secret")
@@ -95,11 +96,12 @@ async def _delete_our_streams(url: str) -> None:
 
 @contextlib.contextmanager
 def migrated_database(postgres_server_url: str, prefix: str = "careplan_test") -> Iterator[DatabaseUrls]:
-    """A database of its own on the server, migrated, dropped afterwards."""
+    """A database of its own on the server, migrated (with the tests' outbox ledger), dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     asyncio.run(ensure_database(postgres_server_url, name))
     urls = database_urls(postgres_server_url, name)
     asyncio.run(migrate(urls.admin, urls.runtime, urls.system))
+    asyncio.run(install_outbox_ledger(urls.admin))
     try:
         yield urls
     finally:

@@ -23,6 +23,7 @@ from service.topology import EVENT_STREAM
 from service.wiring import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_INTERVAL_S
 from tests.faults.lab import Lab
 from tests.faults.load import CommandLoad, Sent, read_stream
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 async def connect(lab: Lab) -> NatsClient:
@@ -64,12 +65,10 @@ async def send_changes_resending(
 
 
 def relay_done(lab: Lab) -> Callable[[], Awaitable[bool]]:
-    """Whether the relay has nothing left to try: every row published or parked."""
+    """Whether the relay has nothing left to try: every row published or parked, so none in the outbox."""
 
     async def done() -> bool:
-        return not await lab.scalar(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NULL"
-        )
+        return not await lab.scalar("SELECT count(*) FROM outbox")
 
     return done
 
@@ -87,14 +86,17 @@ async def outcomes_known(load: CommandLoad, timeout: float = 120.0) -> None:
 
 
 async def event_figures(lab: Lab, nc: NatsClient) -> dict[str, int]:
-    """What a consumer of CAREPLAN_EVENTS sees, against what the outbox holds."""
+    """What a consumer of CAREPLAN_EVENTS sees, against every event row committed to the outbox."""
     on_stream = Counter(event["id"] for event in await read_stream(nc, EVENT_STREAM))
     in_outbox = {
-        str(e) for (e,) in await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%'")
+        str(e)
+        for (e,) in await lab.rows(
+            f"SELECT event_id FROM {OUTBOX_LEDGER} WHERE subject LIKE 'careplan.evt.%'"
+        )
     }
     return {
         "events": len(in_outbox),
-        "parked": int(await lab.scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")),
+        "parked": int(await lab.scalar("SELECT count(*) FROM outbox_parked")),
         "lost": len(in_outbox - set(on_stream)),
         "duplicates": sum(n - 1 for n in on_stream.values()),
     }

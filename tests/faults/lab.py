@@ -35,6 +35,7 @@ from storage.migrate import migrate
 from tests.conftest import DatabaseUrls, database_urls
 from tests.faults.cluster import NatsCluster
 from tests.faults.cluster import free_port as free_port  # the lab's tests take it from here
+from tests.outbox_ledger import install_outbox_ledger
 
 CAREPLAN = Path(sys.executable).parent / "careplan"
 READY = "care-plan-service ready: HTTP "
@@ -188,10 +189,13 @@ class Lab:
             await engine.dispose()
 
     async def outbox_drained(self, timeout: float = 60.0) -> None:
+        """Until nothing waits in the outbox; and nothing may be parked (a parked row never goes out)."""
+
         async def drained() -> bool:
-            return not await self.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            return not await self.scalar("SELECT count(*) FROM outbox")
 
         await until(drained, timeout, "every outbox row published")
+        assert await self.scalar("SELECT count(*) FROM outbox_parked") == 0, "outbox rows were parked"
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -217,6 +221,7 @@ async def fault_lab(
     await ensure_database(server_url, name)
     database = database_urls(server_url, name)
     await migrate(database.admin, database.runtime, database.system)
+    await install_outbox_ledger(database.admin)
     cluster = NatsCluster(workdir / "nats", nats_nodes) if nats_nodes > 1 else None
     nats_server = (
         cluster.nodes[0].server if cluster is not None else EmbeddedNats(workdir / "nats", free_port())

@@ -8,6 +8,7 @@ no reply asks `careplan.query.command` for the outcome (CONTRACT §2), and so do
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ from handlers.queries import QUERY_SUBJECT
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 from tests.faults.lab import Lab, until
 from tests.integration.helpers import but_for_position
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 PLAN = {"patient_id": "p1", "title": "Heart failure care plan", "status": "active"}
 
@@ -137,6 +139,24 @@ async def read_stream(nc: NatsClient, stream: str) -> list[dict[str, Any]]:
     return events
 
 
+async def longest_publishing_pause(nc: NatsClient, event_ids: set[str]) -> float:
+    """The longest time, in seconds, between two of these events and audit records being stored on their
+    streams (JetStream's own timestamps: the outbox keeps no row it published)."""
+    js = nc.jetstream()
+    times = []
+    for stream in ("CAREPLAN_EVENTS", "CAREPLAN_AUDIT"):
+        info = await js.stream_info(stream)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            assert msg.data is not None and msg.time is not None
+            if orjson.loads(msg.data)["id"] in event_ids:
+                times.append(msg.time)
+    times.sort()
+    return max(
+        ((later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)), default=0.0
+    )
+
+
 async def assert_each_command_applied_once(lab: Lab, load: CommandLoad) -> None:
     """Every command: answered ok (the same outcome however often it was answered), in the command log
     once, and its rows in the database once."""
@@ -174,8 +194,10 @@ async def assert_events_once_in_order(lab: Lab, load: CommandLoad, nc: NatsClien
     ]
     ids = Counter(e["id"] for e in events)
     assert [i for i, n in ids.items() if n > 1] == []
+    # Against every event row ever committed to the outbox (the relay deletes what it published)
     outbox = await lab.rows(
-        "SELECT event_id FROM outbox WHERE subject LIKE 'careplan.evt.%' AND subject NOT LIKE '%.metrics.%'"
+        f"SELECT event_id FROM {OUTBOX_LEDGER} "
+        "WHERE subject LIKE 'careplan.evt.%' AND subject NOT LIKE '%.metrics.%'"
     )
     assert set(ids) == {str(e) for (e,) in outbox}
     caused = Counter(e["causationid"] for e in events)
@@ -187,6 +209,6 @@ async def assert_events_once_in_order(lab: Lab, load: CommandLoad, nc: NatsClien
         assert versions == list(range(1, len(versions) + 1)), (resource, versions)
     audit = Counter(a["id"] for a in await read_stream(nc, "CAREPLAN_AUDIT"))
     assert [i for i, n in audit.items() if n > 1] == []
-    audit_rows = await lab.rows("SELECT event_id FROM outbox WHERE subject LIKE 'careplan.audit.%'")
+    audit_rows = await lab.rows(f"SELECT event_id FROM {OUTBOX_LEDGER} WHERE subject LIKE 'careplan.audit.%'")
     assert set(audit) == {str(e) for (e,) in audit_rows}
     assert len(audit) >= len(load.sent)

@@ -31,7 +31,13 @@ from tests.faults import careful_caller
 from tests.faults.careful_caller import event_figures, outcomes_known, relay_done, send_changes_resending
 from tests.faults.cluster import NatsCluster, move_leader, stream_leader, until_replicated
 from tests.faults.lab import Lab, ServeProcess, until
-from tests.faults.load import CommandLoad, assert_each_command_applied_once, assert_events_once_in_order
+from tests.faults.load import (
+    CommandLoad,
+    assert_each_command_applied_once,
+    assert_events_once_in_order,
+    longest_publishing_pause,
+)
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 TENANT = "t-cluster"
 PLANS = 10
@@ -99,7 +105,7 @@ class ClusterService:
         return time.monotonic()
 
     async def assert_all_applied_and_published_once(self) -> dict[str, int]:
-        assert await self.lab.scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL") == 0
+        assert await self.lab.scalar("SELECT count(*) FROM outbox_parked") == 0
         await assert_each_command_applied_once(self.lab, self.load)
         await assert_events_once_in_order(self.lab, self.load, self.nc)
         for process in self.processes:
@@ -125,7 +131,7 @@ class Phase:
     async def begin(cls, service: ClusterService) -> Phase:
         phase = cls(service)
         phase.sent, phase.resends, phase.asked = phase.counts()
-        phase.last_row = int(await service.lab.scalar("SELECT coalesce(max(id), 0) FROM outbox"))
+        phase.last_row = int(await service.lab.scalar(f"SELECT coalesce(max(id), 0) FROM {OUTBOX_LEDGER}"))
         return phase
 
     def counts(self) -> tuple[int, int, int]:
@@ -135,14 +141,11 @@ class Phase:
     async def publishing(self) -> tuple[int, float]:
         """The events and audit records this phase's commands caused, and the longest pause between two
         of them being published."""
-        events, pause_s = (
-            await self.service.lab.rows(
-                "SELECT count(*), extract(epoch FROM max(gap)) FROM (SELECT published_at - lag(published_at) "
-                "OVER (ORDER BY published_at) AS gap FROM outbox WHERE id > :last) AS gaps",
-                last=self.last_row,
-            )
-        )[0]
-        return int(events), float(pause_s or 0)
+        rows = await self.service.lab.rows(
+            f"SELECT event_id::text FROM {OUTBOX_LEDGER} WHERE id > :last", last=self.last_row
+        )
+        event_ids = {event_id for (event_id,) in rows}
+        return len(event_ids), await longest_publishing_pause(self.service.nc, event_ids)
 
     async def figures(self) -> str:
         sent, resends, asked = self.counts()

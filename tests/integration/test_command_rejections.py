@@ -22,8 +22,10 @@ from service.dev_identity import DevKeys
 from service.runner import RunningService
 from tests.conftest import TokenFactory
 from tests.integration.helpers import CARE_PLAN, count_rows
+from tests.outbox_ledger import OUTBOX_LEDGER
 
-TENANT_TABLES = ("care_plans", "resource_history", "provenance", "command_log", "outbox")
+# (the outbox as every row ever committed to it: the relay deletes what it publishes)
+TENANT_TABLES = ("care_plans", "resource_history", "provenance", "command_log", OUTBOX_LEDGER)
 
 
 async def assert_nothing_written(engine: AsyncEngine, tenant: str) -> None:

@@ -18,6 +18,7 @@ from storage.database import create_engine
 from storage.outbox_relay import OutboxRelay, RelaySettings
 from tests.conftest import TokenFactory
 from tests.integration.helpers import CARE_PLAN, but_for_position, count_messages, count_rows, last_event
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 async def test_the_same_command_to_two_workers_at_once_has_one_effect_and_one_reply(
@@ -44,8 +45,8 @@ async def test_the_same_command_to_two_workers_at_once_has_one_effect_and_one_re
 async def test_a_republish_after_a_lost_mark_is_dropped_by_the_stream(
     service: RunningService, nc: NatsClient, tenant: str, admin_engine: AsyncEngine
 ) -> None:
-    """The relay crashed after JetStream's PubAck but before marking the row: the next relay publishes the
-    row again, and the duplicate window (Nats-Msg-Id = event id) keeps one copy."""
+    """The relay crashed after JetStream's PubAck but before its delete of the row committed: the next relay
+    publishes the row again, and the duplicate window (Nats-Msg-Id = event id) keeps one copy."""
     subject = f"careplan.evt.{tenant}.test.republished"
     event_id = uuid.uuid4()
     payload = orjson.dumps({"id": str(event_id)})
@@ -82,15 +83,21 @@ async def test_relay_recovers_when_its_listen_connection_is_killed(
 
 
 async def _wait_published(engine: AsyncEngine, event_id: uuid.UUID, timeout: float = 10.0) -> None:
+    """Until the row has left the outbox, and not for outbox_parked: the relay published it."""
     async with asyncio.timeout(timeout):
         while True:
             async with engine.connect() as conn:
-                published = await conn.scalar(
-                    text("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = :e"), {"e": event_id}
+                waiting = await conn.scalar(
+                    text("SELECT count(*) FROM outbox WHERE event_id = :e"), {"e": event_id}
                 )
-            if published:
-                return
+            if not waiting:
+                break
             await asyncio.sleep(0.05)
+    async with engine.connect() as conn:
+        parked = await conn.scalar(
+            text("SELECT count(*) FROM outbox_parked WHERE event_id = :e"), {"e": event_id}
+        )
+    assert parked == 0
 
 
 async def test_a_failure_after_the_writes_leaves_nothing_and_the_redelivery_applies_once(
@@ -135,7 +142,7 @@ async def test_a_failure_after_the_writes_leaves_nothing_and_the_redelivery_appl
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
     assert await count_rows(admin_engine, "resource_history", tenant) == 1
     assert await count_rows(admin_engine, "provenance", tenant) == 1
-    assert await count_rows(admin_engine, "outbox", tenant) == 2
+    assert await count_rows(admin_engine, OUTBOX_LEDGER, tenant) == 2  # every row ever in the outbox
 
 
 async def test_a_malformed_command_is_answered_at_once_and_never_retried(

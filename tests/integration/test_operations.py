@@ -124,8 +124,9 @@ async def test_outbox_relay_and_consumer_state_are_gauges_read_at_scrape_time(
     async with admin_engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO outbox (tenant_id, event_id, subject, payload, created_at, parked_at, attempts) "
-                "VALUES (:tenant, :event, 'careplan.evt.x', '\\x7b7d', now() - interval '1 hour', now(), 10)"
+                "INSERT INTO outbox_parked (id, tenant_id, event_id, subject, payload, created_at, "
+                "last_error) VALUES (nextval('outbox_id_seq'), :tenant, :event, 'careplan.evt.x', '\\x7b7d', "
+                "now() - interval '1 hour', 'no stream takes subject')"
             ),
             {"tenant": tenant, "event": uuid.uuid4()},
         )
@@ -133,11 +134,11 @@ async def test_outbox_relay_and_consumer_state_are_gauges_read_at_scrape_time(
         samples = await scrape(service)
     finally:
         async with admin_engine.begin() as conn:
-            await conn.execute(text("DELETE FROM outbox WHERE tenant_id = :tenant"), {"tenant": tenant})
+            await conn.execute(
+                text("DELETE FROM outbox_parked WHERE tenant_id = :tenant"), {"tenant": tenant}
+            )
     async with admin_engine.connect() as conn:
-        parked_elsewhere = await conn.scalar(
-            text("SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NOT NULL")
-        )
+        parked_elsewhere = await conn.scalar(text("SELECT count(*) FROM outbox_parked"))
     assert value(samples, "careplan_outbox_parked") == parked_elsewhere + 1
     assert value(samples, "careplan_outbox_relay_lag_seconds") < 3600
     js = nc.jetstream()

@@ -24,6 +24,7 @@ from storage.database import create_engine
 from storage.transaction import SqlTransaction
 from tests.conftest import DatabaseUrls
 from tests.integration.helpers import CARE_PLAN, count_rows
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 async def create_then_reject(data: CarePlanCreate, ctx: CommandContext, uow: UnitOfWork) -> None:
@@ -67,6 +68,6 @@ async def test_a_rejection_after_changes_writes_none_of_them_and_is_recorded(
     assert reply.ok is False
     assert reply.error is not None
     assert reply.error.code == "VALIDATION_ERROR"
-    for table in ("care_plans", "resource_history", "provenance", "outbox", "search_token"):
+    for table in ("care_plans", "resource_history", "provenance", OUTBOX_LEDGER, "search_token"):
         assert await count_rows(admin_engine, table, tenant) == 0, table
     assert await count_rows(admin_engine, "command_log", tenant) == 1

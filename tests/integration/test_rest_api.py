@@ -24,6 +24,7 @@ from tests.conftest import TokenFactory
 from tests.integration.commands import RestCaller, reply_of
 from tests.integration.helpers import CARE_PLAN, assert_same_answer, count_rows, event_caused_by
 from tests.integration.test_command_rejections import BAD_TOKENS, assert_nothing_written
+from tests.outbox_ledger import OUTBOX_LEDGER
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ async def test_the_same_idempotency_key_and_body_gets_the_same_answer_and_change
     assert again[1]["Careplan-Position"] == again[2]["position"]
     assert first[1]["Location"] == again[1]["Location"]
     assert await count_rows(admin_engine, "care_plans", tenant) == 1
-    assert await count_rows(admin_engine, "outbox", tenant) == 2  # one event, one audit record
+    assert await count_rows(admin_engine, OUTBOX_LEDGER, tenant) == 2  # one event, one audit record
 
 
 async def test_the_same_idempotency_key_with_another_body_is_refused(rest: RestCaller) -> None:

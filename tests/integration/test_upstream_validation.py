@@ -28,6 +28,7 @@ from tests.conftest import DatabaseUrls, TokenFactory, migrated_database
 from tests.integration.commands import RestCaller
 from tests.integration.helpers import assert_same_answer, count_rows, last_event
 from tests.integration.scrape import moved, scrape, value
+from tests.outbox_ledger import OUTBOX_LEDGER
 from tests.upstream_responders import UpstreamResponders, start_responders
 
 SNOMED = "http://snomed.info/sct"
@@ -174,7 +175,7 @@ async def test_an_unknown_patient_is_refused_once_and_for_all_and_nothing_is_wri
             "message": "no such patient is registered",
         }
     ]
-    for table in ("care_plans", "resource_history", "provenance", "outbox"):
+    for table in ("care_plans", "resource_history", "provenance", OUTBOX_LEDGER):
         assert await count_rows(checked_admin, table, tenant) == 0, table
     assert await count_rows(checked_admin, "command_log", tenant) == 1
 
@@ -369,7 +370,7 @@ async def test_a_service_silent_for_every_delivery_is_dead_lettered_and_answered
     dead = await last_event(checked_nc, "CAREPLAN_DLQ", "careplan.dlq.careplan.create")
     assert dead["command_id"] == body["command_id"]
     assert dead["_headers"]["Careplan-Error"] == "Unavailable: providers unavailable: no reply within 300 ms"
-    for table in ("care_plans", "command_log", "outbox"):
+    for table in ("care_plans", "command_log", OUTBOX_LEDGER):
         assert await count_rows(checked_admin, table, tenant) == 0, table
 
 
