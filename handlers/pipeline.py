@@ -4,7 +4,6 @@ validate → execute once (command log) → outcome. The NATS subscriber and tes
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from handlers.upstream_checks import CheckedEncounter, check_references, referen
 from schemas.commands import MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
 from schemas.replies import Reply
 
-log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 # A reply must fit in one NATS message (1 MiB): a body with thousands of faults lists the first ones.
 MAX_REPORTED_ERRORS = 100
