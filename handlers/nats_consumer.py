@@ -374,18 +374,28 @@ def _is_upstream(exc: BaseException) -> bool:
 
 @contextlib.asynccontextmanager
 async def _heartbeat(msg: NatsMessage, policy: DeliveryPolicy) -> AsyncIterator[None]:
-    """Tell JetStream we are still at it, so a slow command is not redelivered to another worker."""
+    """Tell JetStream we are still at it, so a slow command is not redelivered to another worker. A timer,
+    not a task per message: almost every command ends long before the first beat."""
+    loop = asyncio.get_running_loop()
+    interval = policy.ack_wait_s / 3
+    timer: asyncio.TimerHandle | None = None
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(policy.ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    async def tell() -> None:
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
 
-    task = asyncio.create_task(beat())
+    def beat() -> None:
+        nonlocal timer
+        task = loop.create_task(tell())
+        _BEATS.add(task)
+        task.add_done_callback(_BEATS.discard)
+        timer = loop.call_later(interval, beat)
+
+    timer = loop.call_later(interval, beat)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()
+
+
+_BEATS: set[asyncio.Task[None]] = set()
