@@ -87,10 +87,13 @@ _INSERT_CTES = [
 
 def reindex_parts(resources: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     """The CTEs that replace these resources' index rows, and their parameters (`:tenant` is the
-    caller's to bind)."""
+    caller's to bind). A resource at its first version has no rows to delete: its deletes are not asked
+    for (a create then only inserts, and never waits on a plan the statistics have not caught up with)."""
     columns: dict[str, Any] = {name: [] for name in _INSERT_COLUMNS}
-    columns["index_types"] = [r["resourceType"] for r in resources]
-    columns["index_ids"] = [r["id"] for r in resources]
+    replaced = [r for r in resources if r["meta"]["versionId"] != "1"]
+    if replaced:
+        columns["index_types"] = [r["resourceType"] for r in replaced]
+        columns["index_ids"] = [r["id"] for r in replaced]
     for resource in resources:
         values = extract(resource)
         key = (resource["resourceType"], resource["id"])
@@ -102,7 +105,7 @@ def reindex_parts(resources: list[dict[str, Any]]) -> tuple[list[str], dict[str,
             _append(columns, "date", key, param, date.low, date.high)
         for param, string in values.strings:
             _append(columns, "string", key, param, string)
-    return [*_DELETE_CTES, *_INSERT_CTES], columns
+    return [*(_DELETE_CTES if replaced else ()), *_INSERT_CTES], columns
 
 
 _INSERT_COLUMNS = {
