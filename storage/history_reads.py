@@ -209,7 +209,8 @@ async def search_provenance(
     """Up to `limit` matches in (recorded, id) order, strictly after `after`."""
     p = provenance.c
     conditions = _visible_provenance(tenant_id, patient_id)
-    # `&&` on the GIN-indexed array: any of the comma-listed targets.
+    # `&&`: any of the comma-listed targets. A filter after the tenant's index: under RLS no GIN operator
+    # can be an index condition (migration 0009).
     conditions += [p.targets.overlap(list(any_of)) for any_of in search.targets]
     conditions += [p.patient_id.in_(any_of) for any_of in search.patients]
     conditions += [_recorded_in(any_of) for any_of in search.recorded]

@@ -1,5 +1,6 @@
-"""Migration 0008: the outbox keeps only waiting rows. Existing rows move as they should, the downgrade
-brings 0006's outbox back, and a relay of this release never leads on the older schema."""
+"""Migrations that cut what a command writes. 0008: the outbox keeps only waiting rows; existing rows move
+as they should, the downgrade brings 0006's outbox back, and a relay of this release never leads on the
+older schema. 0009: Provenance loses the index its readers cannot use."""
 
 from __future__ import annotations
 
@@ -185,3 +186,29 @@ async def test_a_relay_of_this_release_stands_by_until_0008_has_run(empty_databa
         stop.set()
         await task
         await engine.dispose()
+
+
+# 0009: Provenance loses the index its readers cannot use.
+
+
+async def test_0009_drops_the_provenance_targets_index_and_its_downgrade_brings_it_back(
+    empty_database: str,
+) -> None:
+    async def indexes() -> set[str]:
+        engine = create_engine(empty_database, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text("SELECT indexname FROM pg_indexes WHERE tablename = 'provenance'")
+                )
+                return {row[0] for row in rows}
+        finally:
+            await engine.dispose()
+
+    await alembic_to(empty_database, "0008")
+    assert "ix_provenance_targets" in await indexes()
+    await alembic_to(empty_database, "0009")
+    assert "ix_provenance_targets" not in await indexes()
+    assert {"ix_provenance_recorded", "ix_provenance_patient"} <= await indexes()
+    await alembic_to(empty_database, "0008", down=True)
+    assert "ix_provenance_targets" in await indexes()
