@@ -3,9 +3,9 @@ around `--creates` sequential creates through `careplan serve` on a fresh databa
 (so every run pays the same full-page images). `python -m bench.write_cost [--creates N]`.
 
 A GIN index's pending list is merged before each snapshot, so that deferred cost is counted too. WAL is
-the server's whole WAL (pg_stat_wal), so it includes the relay's own work on the outbox rows (marking
-them published before migration 0008, deleting them since) and anything else the server does meanwhile: use the embedded server (leave `CAREPLAN_BENCH_DATABASE_URL`
-unset) to have it to yourself."""
+the server's whole WAL (pg_stat_wal), so it includes the relay's own work on the outbox rows (marking them
+published before migration 0008, deleting them since) and anything else the server does meanwhile: use
+the embedded server (leave `CAREPLAN_BENCH_DATABASE_URL` unset) to have it to yourself."""
 
 from __future__ import annotations
 
