@@ -106,6 +106,10 @@ class Transaction(Protocol):
         """The whole aggregate, its plan row locked until commit."""
         ...
 
+    async def load_plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate | None:
+        """The aggregate of the plan a goal or task belongs to, locked as `load_plan` locks it."""
+        ...
+
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None: ...
 
     async def plan_patient(self, plan_id: str) -> str | None:

@@ -55,10 +55,11 @@ class UnitOfWork:
 
     async def plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate:
         """The plan a goal or task belongs to; a missing (or another tenant's) id is NOT_FOUND."""
-        plan_id = await self._transaction.plan_id_of(resource_type, resource_id)
-        if plan_id is None:
+        aggregate = await self._transaction.load_plan_of(resource_type, resource_id)
+        if aggregate is None:
             raise NotFound(resource_type, resource_id)
-        return await self.plan(plan_id)
+        # The same plan asked for twice: the one handed out first, which may hold changes already.
+        return self._seen.setdefault(aggregate.plan.id, aggregate)
 
     async def version_of(self, resource_type: str, resource_id: str) -> int | None:
         """The current version of a goal or task anywhere in the tenant, None when there is none."""

@@ -44,12 +44,19 @@ class MissingState(RuntimeError):
 
 
 # The plan's parts, in one statement: read after the plan's row lock, which every writer of them takes.
-_PLAN = "SELECT state::text FROM care_plans WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+_PLAN = "SELECT id, state::text FROM care_plans WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
 _PARTS = (
     "SELECT 'Goal', id, state::text FROM goals WHERE tenant_id = $1 AND plan_id = $2 "
     "UNION ALL SELECT 'Task', id, state::text FROM tasks WHERE tenant_id = $1 AND plan_id = $2 "
     "UNION ALL SELECT 'CareTeam', id, state::text FROM care_teams WHERE tenant_id = $1 AND plan_id = $2"
 )
+# A goal or task never moves to another plan: its plan id, read in the same statement, is the plan to lock.
+_PLAN_OF_PART = {
+    resource_type: "SELECT p.id, p.state::text FROM care_plans p WHERE p.tenant_id = $1 AND p.id = "
+    f"(SELECT plan_id FROM {table.name} WHERE tenant_id = $1 AND id = $2) FOR UPDATE OF p"
+    for resource_type, table in _TABLES.items()
+    if resource_type != "CarePlan"
+}
 _PLAN_OF = {
     resource_type: f"SELECT plan_id FROM {table.name} WHERE tenant_id = $1 AND id = $2"
     for resource_type, table in _TABLES.items()
@@ -61,12 +68,26 @@ async def load_plan(conn: asyncpg.Connection, tenant_id: str, plan_id: str) -> C
     """The whole aggregate, with the plan row locked: every command on a plan (or its parts) queues here,
     so versions and the outbox order of one plan's events follow commit order. States are parsed from
     the stored JSON text by pydantic directly."""
-    locked = await conn.fetchrow(_PLAN, tenant_id, plan_id)
+    return await _with_parts(conn, tenant_id, await conn.fetchrow(_PLAN, tenant_id, plan_id))
+
+
+async def load_plan_of(
+    conn: asyncpg.Connection, tenant_id: str, resource_type: str, resource_id: str
+) -> CarePlanAggregate | None:
+    """The whole aggregate of the plan a goal or task belongs to, locked, in the same round trips."""
+    locked = await conn.fetchrow(_PLAN_OF_PART[resource_type], tenant_id, resource_id)
+    return await _with_parts(conn, tenant_id, locked)
+
+
+async def _with_parts(
+    conn: asyncpg.Connection, tenant_id: str, locked: asyncpg.Record | None
+) -> CarePlanAggregate | None:
     if locked is None:
         return None
-    if locked[0] is None:
+    plan_id, state = locked
+    if state is None:
         raise MissingState(f"CarePlan/{plan_id} has no stored domain state")
-    plan: CarePlan = _STATE["CarePlan"].validate_json(locked[0])
+    plan: CarePlan = _STATE["CarePlan"].validate_json(state)
     parts: dict[str, list[tuple[str, str]]] = {"Goal": [], "Task": [], "CareTeam": []}
     for kind, part_id, state in await conn.fetch(_PARTS, tenant_id, plan_id):
         parts[kind].append((part_id, state))

@@ -86,6 +86,9 @@ class SqlTransaction:
     async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
         return await aggregates.load_plan(self.db, self.tenant_id, plan_id)
 
+    async def load_plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate | None:
+        return await aggregates.load_plan_of(self.db, self.tenant_id, resource_type, resource_id)
+
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
         return await aggregates.plan_id_of(self.db, self.tenant_id, resource_type, resource_id)
 

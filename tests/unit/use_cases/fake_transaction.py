@@ -57,6 +57,10 @@ class InMemoryTransaction:
             care_team=copy.deepcopy(stored.care_team),
         )
 
+    async def load_plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate | None:
+        plan_id = await self.plan_id_of(resource_type, resource_id)
+        return None if plan_id is None else await self.load_plan(plan_id)
+
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
         for (tenant_id, plan_id), aggregate in self._database.plans.items():
             parts = aggregate.goals if resource_type == "Goal" else aggregate.activities
