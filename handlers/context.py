@@ -40,6 +40,10 @@ class CommandResult:
     resource_id: str
     version: int
 
+    @property
+    def resource_key(self) -> tuple[str, str]:
+        return self.resource_type, self.resource_id
+
 
 def result(resource_type: str, entity: Versioned, *, created: bool = False) -> CommandResult:
     """What the caller is told: `entity` at its new version, 201 when the command made it."""

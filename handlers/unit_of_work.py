@@ -81,32 +81,13 @@ class UnitOfWork:
         `result` (what the caller is told), then commit."""
         if self.answer is not None:
             raise RuntimeError("a unit of work commits once")
-        ctx = self._ctx
-        reply = success_reply(str(ctx.command_id), result)
-        versions: list[NewVersion] = []
-        outbox: list[OutboxMessage] = []
-        patient_id: str | None = None
-        answered = None
-        for aggregate in self._seen.values():
-            rendered: dict[tuple[str, str], NewVersion] = {}
-            for _, entity in aggregate.changed():
-                resource_type, resource = render_resource(entity)
-                version = NewVersion(resource_type, entity, resource)
-                rendered[(resource_type, entity.id)] = version
-                versions.append(version)
-                if (resource_type, entity.id) == (result.resource_type, result.resource_id):
-                    answered = entity
-            # Each version's events after the one before's, as the relay keeps one resource's in order.
-            outbox += [
-                self._event_message(event, version)
-                for key, version in rendered.items()
-                for event in aggregate.events
-                if (event.resource_type, event.resource_id) == key
-            ]
-            if rendered:
-                patient_id = patient_id or aggregate.plan.patient_id
+        reply = success_reply(str(self._ctx.command_id), result)
+        versions, outbox, patient_id = self._render_changes()
         provenance: AuditRecord | None = None
         if versions:
+            answered = next(
+                (v.entity for v in versions if (v.resource_type, v.entity.id) == result.resource_key), None
+            )
             if answered is None:
                 raise RuntimeError(f"{result.resource_type}/{result.resource_id} is not among the changes")
             operation = data_operation(answered, [v.entity for v in versions])
@@ -118,6 +99,28 @@ class UnitOfWork:
         for aggregate in self._seen.values():
             aggregate.mark_stored()
         self.answer = reply.at_position(position)
+
+    def _render_changes(self) -> tuple[list[NewVersion], list[OutboxMessage], str | None]:
+        """Each new version as FHIR, its domain events as CloudEvents, and the patient they are about."""
+        versions: list[NewVersion] = []
+        outbox: list[OutboxMessage] = []
+        patient_id: str | None = None
+        for aggregate in self._seen.values():
+            rendered: dict[tuple[str, str], NewVersion] = {}
+            for _, entity in aggregate.changed():
+                resource_type, resource = render_resource(entity)
+                rendered[(resource_type, entity.id)] = NewVersion(resource_type, entity, resource)
+            versions += rendered.values()
+            # Each version's events after the one before's, as the relay keeps one resource's in order.
+            outbox += [
+                self._event_message(event, version)
+                for key, version in rendered.items()
+                for event in aggregate.events
+                if (event.resource_type, event.resource_id) == key
+            ]
+            if rendered:
+                patient_id = patient_id or aggregate.plan.patient_id
+        return versions, outbox, patient_id
 
     async def reject(self, reply: Reply) -> None:
         """Forget every change and keep the rejection as the command's outcome."""
