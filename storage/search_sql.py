@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.search import Criterion, DateValue, Include, SearchQuery, SortKey
 from domain.search_parameters import BY_TYPE, DATE, REFERENCE, STRING, TOKEN, URI, DateRange
 from storage.reads import READABLE_TABLES, fetch_in_tenant, tenant_transaction
+from storage.search_index import ON_PATIENT_COLUMN
 from storage.visibility import HIDDEN_FROM_PATIENTS, provenance_visible_to_patient, visible_to_patient
 
 INDEX_OF_TYPE = {
@@ -68,6 +69,8 @@ def criterion_sql(sql: Sql, resource_type: str, criterion: Criterion, alias: str
         # e.g. the last_updated index for `status=active&_sort=-_lastUpdated` instead of a full sort.
         clause = f"{alias}.status = ANY({sql.bind(list(criterion.values))})"
         return f"NOT ({clause})" if modifier == "not" else clause
+    if (resource_type, code) in ON_PATIENT_COLUMN:
+        return _patient_reference_sql(sql, criterion, alias)
     if code == "_lastUpdated":
         if modifier == "missing":
             return "false" if criterion.values[0] == "true" else "true"
@@ -90,6 +93,23 @@ def criterion_sql(sql: Sql, resource_type: str, criterion: Criterion, alias: str
         ors = [_string_clause(sql, v, type_, modifier) for v in criterion.values]
     match_sql = f"EXISTS ({head} AND ({' OR '.join(ors)}))"
     return f"NOT {match_sql}" if modifier == "not" else match_sql
+
+
+def _patient_reference_sql(sql: Sql, criterion: Criterion, alias: str) -> str:
+    """`subject`/`patient` (Task: `for`) on the row's `patient_id`, which the reference is rendered from
+    (always `Patient/<patient_id>`, never missing); values are read as `_reference_clause` reads them."""
+    if criterion.modifier == "missing":
+        return "false" if criterion.values[0] == "true" else "true"
+    ids = []
+    for value in criterion.values:
+        parts = value.rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        target = criterion.modifier  # `:Patient`, `:Group`…: the type the value must be
+        ref_type = parts[-2] if len(parts) >= 2 else target
+        if (target is None or ref_type == target) and ref_type in (None, "Patient"):
+            ids.append(parts[-1])
+    return f"{alias}.patient_id = ANY({sql.bind(ids)})" if ids else "false"
 
 
 def _id_sql(sql: Sql, criterion: Criterion, alias: str) -> str:
@@ -193,6 +213,8 @@ def sort_key_sql(sql: Sql, resource_type: str, key: SortKey) -> str:
         return "r.id"
     if key.code == "_lastUpdated":
         return "r.last_updated"
+    if (resource_type, key.code) in ON_PATIENT_COLUMN:
+        return "r.patient_id"
     column = {TOKEN: "s.code", REFERENCE: "s.ref_id", DATE: "s.low", STRING: "lower(s.value)", URI: "s.value"}
     table = INDEX_OF_TYPE[key.type]
     aggregate = "max" if key.descending else "min"

@@ -233,6 +233,35 @@ async def test_every_indexed_value_finds_its_resource_and_a_foreign_value_does_n
     assert ("Goal", "target-date") in checked
 
 
+async def test_the_patient_reference_is_searched_and_sorted_on_the_row_as_a_reference_is(
+    world: World,
+) -> None:
+    """`patient`/`subject` read the row's patient_id (they have no index rows): every form of the value
+    and of the type modifier answers as for any other reference."""
+    pa1 = {world.plan1, world.plan2}
+    for params in (
+        {"patient": "pa1"},
+        {"subject": "Patient/pa1"},
+        {"subject:Patient": "pa1"},
+        {"patient": "https://elsewhere.example/fhir/Patient/pa1"},
+        {"patient": "Patient/pa1/_history/3"},
+        {"subject": "Patient/nobody,Patient/pa1"},
+    ):
+        assert set(ids(await world.search("CarePlan", params))) == pa1, params
+    for params in ({"subject:Group": "pa1"}, {"subject": "Group/pa1"}, {"patient": "Patient/nobody"}):
+        assert ids(await world.search("CarePlan", params)) == [], params
+    assert world.task1 in ids(await world.search("Task", {"patient": "Patient/pa1"}))
+    assert world.task3 not in ids(await world.search("Task", {"patient": "Patient/pa1"}))
+    by_id = ids(await world.search("CarePlan", {"_sort": "patient,_id", "_count": "50"}))
+    by_id_descending = ids(await world.search("CarePlan", {"_sort": "patient,-_id", "_count": "50"}))
+    for ordered in (by_id, by_id_descending):  # pa1's plans, then pa2's
+        assert max(ordered.index(world.plan1), ordered.index(world.plan2)) < ordered.index(world.plan3)
+    # Within one patient the next key decides.
+    assert (by_id.index(world.plan1) < by_id.index(world.plan2)) != (
+        by_id_descending.index(world.plan1) < by_id_descending.index(world.plan2)
+    )
+
+
 async def test_token_text_modifier_matches_display_words(world: World) -> None:
     assert world.task1 in ids(await world.search("Task", {"code:text": "educ"}))
     assert world.task1 not in ids(await world.search("Task", {"code:text": "surgery"}))

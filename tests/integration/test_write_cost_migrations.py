@@ -212,3 +212,52 @@ async def test_0009_drops_the_provenance_targets_index_and_its_downgrade_brings_
     assert {"ix_provenance_recorded", "ix_provenance_patient"} <= await indexes()
     await alembic_to(empty_database, "0008", down=True)
     assert "ix_provenance_targets" in await indexes()
+
+
+# 0010: the patient references are searched on `patient_id`, their index rows go.
+
+
+async def test_0010_drops_the_patient_reference_rows_and_its_downgrade_rebuilds_them(
+    empty_database: str,
+) -> None:
+    async def references() -> list[tuple[str, str, str, str]]:
+        engine = create_engine(empty_database, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT resource_type, param, ref_type, ref_id FROM search_reference ORDER BY 1, 2, 4"
+                    )
+                )
+                return [(row[0], row[1], row[2], row[3]) for row in rows]
+        finally:
+            await engine.dispose()
+
+    await alembic_to(empty_database, "0009")
+    engine = create_engine(empty_database, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT set_config('app.tenant_id', 't1', true)"))
+            await conn.execute(
+                text(
+                    "INSERT INTO care_plans (tenant_id, id, version, patient_id, status, last_updated, "
+                    "resource) VALUES ('t1', 'cp1', 1, 'p1', 'active', now(), '{}')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO search_reference VALUES ('t1', 'CarePlan', 'cp1', 'patient', 'Patient', "
+                    "'p1'), ('t1', 'CarePlan', 'cp1', 'subject', 'Patient', 'p1'), "
+                    "('t1', 'CarePlan', 'cp1', 'goal', 'Goal', 'g1')"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await alembic_to(empty_database, "0010")
+    assert await references() == [("CarePlan", "goal", "Goal", "g1")]
+    await alembic_to(empty_database, "0009", down=True)
+    assert await references() == [
+        ("CarePlan", "goal", "Goal", "g1"),
+        ("CarePlan", "patient", "Patient", "p1"),
+        ("CarePlan", "subject", "Patient", "p1"),
+    ]
