@@ -82,7 +82,7 @@ async def run_scale(servers: Servers, *, sizes: list[int]) -> dict[str, Any]:
         "p99_ratio_largest_to_smallest": {
             name: round(p99[(largest, name)] / p99[(smallest, name)], 2) for name in searches("x")
         },
-        "targets": {"p99 at 1M / 10k": 2.0},
+        "targets": {"p99 at 1M / 10k": 1.5},  # issue 17: the search index may shrink, not slow down
         "peak_rss_mb": round(peak_rss / 2**20, 1),
     }
 
