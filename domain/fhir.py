@@ -10,10 +10,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from domain.entities import Activity, CarePlan, CareTeam, Goal, GoalTarget, Quantity, Versioned
+from domain.statuses import CarePlanStatus, CareTeamStatus, GoalLifecycleStatus, TaskStatus
 from domain.values import CodeableConcept, Coding, Note, Period
-
-# Every status vocabulary of ours has this code (FHIR's "recorded in error"); each machine ends there.
-ENTERED_IN_ERROR = "entered-in-error"
 
 JSON = dict[str, Any]
 
@@ -363,17 +361,19 @@ def data_operation(answered: Versioned, changed: list[Versioned]) -> str:
     NULLIFY when it marked a resource entered in error (a correction, never a delete), else UPDATE."""
     if answered.version == 1:
         return "CREATE"
-    if any(_status_of(entity) == ENTERED_IN_ERROR for entity in changed):
-        return "NULLIFY"
-    return "UPDATE"
+    return "NULLIFY" if any(_entered_in_error(entity) for entity in changed) else "UPDATE"
 
 
-def _status_of(entity: Versioned) -> str:
+def _entered_in_error(entity: Versioned) -> bool:
     match entity:
+        case CarePlan():
+            return entity.status is CarePlanStatus.ENTERED_IN_ERROR
         case Goal():
-            return entity.lifecycle_status.value
-        case CarePlan() | Activity() | CareTeam():
-            return entity.status.value
+            return entity.lifecycle_status is GoalLifecycleStatus.ENTERED_IN_ERROR
+        case Activity():
+            return entity.status is TaskStatus.ENTERED_IN_ERROR
+        case CareTeam():
+            return entity.status is CareTeamStatus.ENTERED_IN_ERROR
     raise TypeError(f"no status on {type(entity).__name__}")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-import orjson
 from pydantic import TypeAdapter
 from sqlalchemy import Table
 
@@ -14,6 +13,7 @@ from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
 from handlers.ports import NewVersion
 from storage import tables
+from storage.database import json_text
 
 _STATE: dict[str, TypeAdapter[Any]] = {
     "CarePlan": TypeAdapter(CarePlan),
@@ -118,7 +118,7 @@ def current_row(version: NewVersion) -> dict[str, Any]:
         "version": entity.version,
         "last_updated": entity.last_updated,
         "state": _STATE[version.resource_type].dump_json(entity).decode(),
-        "resource": orjson.dumps(version.resource).decode(),
+        "resource": json_text(version.resource),
         **_columns(entity),
     }
 

@@ -62,7 +62,8 @@ def role_of(url: str) -> RoleLogin:
     return RoleLogin(parsed.username, parsed.password)
 
 
-def _json_dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """JSON as text, for jsonb parameters (orjson: the encoding every JSON column of ours gets)."""
     return orjson.dumps(value).decode()
 
 
@@ -79,7 +80,7 @@ def create_engine(
         # transient failure is; tests/faults shows everything applied once after an outage.
         pool_pre_ping=False,
         hide_parameters=True,  # errors and logs never carry the values (patient data) of a statement
-        json_serializer=_json_dumps,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
         connect_args={"server_settings": {"application_name": application_name}},
     )

@@ -100,15 +100,8 @@ def _patient_reference_sql(sql: Sql, criterion: Criterion, alias: str) -> str:
     (always `Patient/<patient_id>`, never missing); values are read as `_reference_clause` reads them."""
     if criterion.modifier == "missing":
         return "false" if criterion.values[0] == "true" else "true"
-    ids = []
-    for value in criterion.values:
-        parts = value.rstrip("/").split("/")
-        if "_history" in parts:
-            parts = parts[: parts.index("_history")]
-        target = criterion.modifier  # `:Patient`, `:Group`…: the type the value must be
-        ref_type = parts[-2] if len(parts) >= 2 else target
-        if (target is None or ref_type == target) and ref_type in (None, "Patient"):
-            ids.append(parts[-1])
+    references = [_reference_parts(value, criterion.modifier) for value in criterion.values]
+    ids = [ref_id for ref_type, ref_id in filter(None, references) if ref_type in (None, "Patient")]
     return f"{alias}.patient_id = ANY({sql.bind(ids)})" if ids else "false"
 
 
@@ -134,16 +127,25 @@ def _token_clause(sql: Sql, value: str, *, text_search: bool) -> str:
 
 
 def _reference_clause(sql: Sql, value: str, *, target: str | None) -> str:
-    """`Type/id`, a bare `id` (any type, or the `:Type` modifier's), or an absolute URL ending in Type/id."""
+    reference = _reference_parts(value, target)
+    if reference is None:
+        return "false"
+    ref_type, ref_id = reference
+    clause = f"s.ref_id = {sql.bind(ref_id)}"
+    return f"({clause} AND s.ref_type = {sql.bind(ref_type)})" if ref_type else clause
+
+
+def _reference_parts(value: str, target: str | None) -> tuple[str | None, str] | None:
+    """(type, id) of a reference search value — `Type/id`, a bare `id` (any type, or the `:Type`
+    modifier's `target`), an absolute URL ending in Type/id, a version's URL — or None when the modifier
+    rules it out."""
     parts = value.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    ref_id = parts[-1]
     ref_type = parts[-2] if len(parts) >= 2 else target
     if target is not None and ref_type != target:
-        return "false"
-    clause = f"s.ref_id = {sql.bind(ref_id)}"
-    return f"({clause} AND s.ref_type = {sql.bind(ref_type)})" if ref_type else clause
+        return None
+    return ref_type, parts[-1]
 
 
 def _date_clause(sql: Sql, low: str, high: str, value: DateValue) -> str:

@@ -13,10 +13,9 @@ import functools
 import re
 from typing import Any
 
-import orjson
-
 from handlers.ports import CommitRecord
 from storage.aggregates import current_row
+from storage.database import json_text
 from storage.search_index import reindex_parts
 
 # Each current-row table's columns after (tenant_id) and their Postgres array types, in unnest order.
@@ -123,7 +122,7 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
             "p_recorded": provenance.recorded,
             "p_patient": provenance.patient_id,
             "p_targets": list(provenance.targets),
-            "p_resource": _json_text(provenance.resource),
+            "p_resource": json_text(provenance.resource),
         }
     if record.outbox:
         ctes.append(
@@ -148,15 +147,11 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
         "c_type": outcome.command_type,
         "c_hash": outcome.request_hash,
         "c_status": outcome.status,
-        "c_outcome": _json_text(outcome.reply),
+        "c_outcome": json_text(outcome.reply),
         "c_correlation": outcome.correlation_id,
     }
     sql, names = _statement(tuple(ctes), " + ".join(written) or "0")
     return sql, [params[name] for name in names]
-
-
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 @functools.lru_cache(maxsize=128)
