@@ -29,8 +29,7 @@ def add_fhir_routes(
     cursor_secret: bytes | None,
     public_base_url: str | None,
 ) -> None:
-    """`reads` says where each read runs: the replica, or the primary (fhir_read.consistency). Cursors are
-    signed with `cursor_secret`; replicas behind one gateway must share it."""
+    """Every FHIR route, on the app context `install_app_context` sets up from the same arguments."""
     install_app_context(app, reads, verifier, cursor_secret=cursor_secret, public_base_url=public_base_url)
     # History first, so `/_history` is never taken for an id by the read routes.
     for resource_type in READABLE_TABLES:

@@ -53,6 +53,7 @@ def _handler(
             _, principal = await processor.admit(spec.name, authorization)
             request[TENANT_KEY] = principal.tenant_id
             command_id = idempotency_key(request.headers)
+            correlation = correlation_id(request.headers)
             envelope = await _envelope(spec, request, command_id)
             reply = await processor.process(
                 CommandRequest(
@@ -60,7 +61,7 @@ def _handler(
                     envelope=envelope,
                     authorization=authorization,
                     message_id=command_id,
-                    correlation_id=correlation_id(request.headers),
+                    correlation_id=correlation,
                     transport="http",
                     principal=principal,
                 )
@@ -104,7 +105,6 @@ def expected_version(headers: Mapping[str, str]) -> int | None:
 
 async def _envelope(spec: CommandSpec, request: web.Request, command_id: str) -> dict[str, Any]:
     route = spec.route
-    correlation_id(request.headers)  # refused before anything else of the request, as the header comes first
     version = expected_version(request.headers)
     if version is None and spec.version is VersionCheck.REQUIRED:
         raise Rejection(

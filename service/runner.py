@@ -27,11 +27,10 @@ from service.settings import Settings
 from service.telemetry import ServiceMetrics
 from service.topology import TopologyRefused, ensure_topology
 from service.wiring import (
-    NATS_MAX_OUTSTANDING_PINGS,
-    NATS_PING_INTERVAL_S,
     Connections,
     NatsCallbacks,
     delivery_policy,
+    nats_options,
     scheduler_for,
     wire_service,
 )
@@ -170,15 +169,7 @@ async def _connect(
         raise
     relay_events = NatsCallbacks("relay", stopping, connection_lost)
     nc = await nats.connect(
-        servers=settings.nats_servers(),
-        name="careplan-relay",
-        max_reconnect_attempts=-1,
-        ping_interval=NATS_PING_INTERVAL_S,
-        max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
-        error_cb=relay_events.error,
-        disconnected_cb=relay_events.disconnected,
-        reconnected_cb=relay_events.reconnected,
-        closed_cb=relay_events.closed,
+        servers=settings.nats_servers(), name="careplan-relay", **nats_options(relay_events)
     )
     try:
         await ensure_topology(nc.jetstream(), delivery_policy(settings), replicas=settings.stream_replicas)

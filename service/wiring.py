@@ -128,15 +128,9 @@ def wire_service(
     broker = NatsBroker(
         settings.nats_servers(),
         graceful_timeout=settings.shutdown_grace_s + FASTSTREAM_GRACE_MARGIN_S,
-        max_reconnect_attempts=-1,
-        ping_interval=NATS_PING_INTERVAL_S,
-        max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
         logger=log,
         log_level=logging.DEBUG,
-        error_cb=command_events.error,
-        disconnected_cb=command_events.disconnected,
-        reconnected_cb=command_events.reconnected,
-        closed_cb=command_events.closed,
+        **nats_options(command_events),
     )
     drain = Drain()
     command_subscriber = register_command_consumer(
@@ -219,6 +213,20 @@ def _readiness(
         return checks
 
     return readiness
+
+
+def nats_options(events: NatsCallbacks) -> dict[str, Any]:
+    """What both of the service's NATS connections (commands, and relay with upstream) are opened with:
+    reconnect for ever, leave a silent node within 15 s, one log line per connection event."""
+    return {
+        "max_reconnect_attempts": -1,
+        "ping_interval": NATS_PING_INTERVAL_S,
+        "max_outstanding_pings": NATS_MAX_OUTSTANDING_PINGS,
+        "error_cb": events.error,
+        "disconnected_cb": events.disconnected,
+        "reconnected_cb": events.reconnected,
+        "closed_cb": events.closed,
+    }
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ async def test_every_commit_carries_one_audit_event_last_and_its_outcome() -> No
         assert stored.reply == answer
 
 
+def _new_plan() -> CarePlanAggregate:
+    return CarePlanAggregate.create(plan_id="x", patient_id="p1", title="T", now=START)
+
+
 def _context(clinic: Clinic) -> CommandContext:
     return CommandContext(
         principal=CLINICIAN,
@@ -95,7 +99,7 @@ async def test_a_rejection_forgets_every_change_and_keeps_only_the_outcome() -> 
     ctx = _context(clinic)
     async with clinic.database.transaction(TENANT) as transaction:
         uow = UnitOfWork(transaction, ctx)
-        uow.add(CarePlanAggregate.create(plan_id="x", patient_id="p1", title="T", now=START))
+        uow.add(_new_plan())
         await uow.reject(error_reply(str(ctx.command_id), Rejection(ErrorCode.VALIDATION_ERROR, "no")))
     (record,) = clinic.database.commits
     assert record.versions == () and record.outbox == () and record.provenance is None
@@ -108,7 +112,7 @@ async def test_a_unit_of_work_commits_once() -> None:
     ctx = _context(clinic)
     async with clinic.database.transaction(TENANT) as transaction:
         uow = UnitOfWork(transaction, ctx)
-        aggregate = CarePlanAggregate.create(plan_id="x", patient_id="p1", title="T", now=START)
+        aggregate = _new_plan()
         uow.add(aggregate)
         await uow.commit(result("CarePlan", aggregate.plan, created=True))
         with pytest.raises(RuntimeError):
@@ -123,7 +127,7 @@ async def test_answering_with_a_resource_the_command_did_not_change_is_a_bug_cau
     ctx = _context(clinic)
     async with clinic.database.transaction(TENANT) as transaction:
         uow = UnitOfWork(transaction, ctx)
-        aggregate = CarePlanAggregate.create(plan_id="x", patient_id="p1", title="T", now=START)
+        aggregate = _new_plan()
         uow.add(aggregate)
         with pytest.raises(RuntimeError):
             await uow.commit(result("Goal", aggregate.plan))
