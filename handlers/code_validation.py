@@ -3,7 +3,6 @@ a mistyped SNOMED CT, LOINC or ICD-10-CM code is refused with INVALID_CODE and w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,16 +28,19 @@ def reject_invalid_codes(data: BaseModel) -> None:
         )
 
 
-def _codings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any, Any]]:
-    """(path, system, code) of every coding-shaped object, in models, lists and merge-patch dicts alike."""
-    if isinstance(value, BaseModel):
-        fields = {name: getattr(value, name) for name in type(value).model_fields}
-        yield from _codings(fields, path)
-    elif isinstance(value, dict):
-        if isinstance(value.get("system"), str) and isinstance(value.get("code"), str):
-            yield path, value["system"], value["code"]
-        for key, child in value.items():
-            yield from _codings(child, (*path, key))
-    elif isinstance(value, list | tuple):
-        for index, child in enumerate(value):
-            yield from _codings(child, (*path, index))
+def _codings(root: Any, path: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], Any, Any]]:
+    """(path, system, code) of every coding-shaped object, in models, lists and merge-patch dicts alike,
+    in document order. A loop over a stack, not recursive generators: it runs on every command."""
+    found: list[tuple[tuple[str | int, ...], Any, Any]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(root, path)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, BaseModel):
+            value = {name: getattr(value, name) for name in type(value).model_fields}
+        if isinstance(value, dict):
+            if isinstance(value.get("system"), str) and isinstance(value.get("code"), str):
+                found.append((at, value["system"], value["code"]))
+            stack.extend((child, (*at, key)) for key, child in reversed(value.items()))
+        elif isinstance(value, list | tuple):
+            stack.extend((child, (*at, index)) for index, child in reversed(list(enumerate(value))))
+    return found
