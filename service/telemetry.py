@@ -44,12 +44,6 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.commit_group_size = Histogram(
-            "careplan_commit_group_size",
-            "Commands committed together in one transaction (storage.group_commit)",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=r,
-        )
         self.command_replays = Counter(
             "careplan_command_replays",
             "Commands answered from the command log: a duplicate or redelivery, changing nothing",

@@ -37,7 +37,6 @@ from service.scheduler import Scheduler, utc_now
 from service.scrape_gauges import watch_at_scrape
 from service.settings import Settings
 from service.telemetry import CommandTelemetry, JwksTelemetry, ReadTelemetry, ServiceMetrics
-from storage.group_commit import GroupCommit
 from storage.outbox_relay import OutboxRelay, RelaySettings
 from storage.read_routing import ReadRouter
 from storage.reads import ping, read_command_outcome
@@ -110,11 +109,10 @@ def wire_service(
     verifier = JwtVerifier(signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None)
     telemetry = CommandTelemetry(metrics)
     upstream = upstream_services(settings, nc)
-    group = GroupCommit(runtime_engine, on_group=metrics.commit_group_size.observe)
     processor = CommandProcessor(
         commands=standard_commands(),
         verifier=verifier,
-        transactions=lambda tenant_id: SqlTransaction(runtime_engine, tenant_id, group),
+        transactions=lambda tenant_id: SqlTransaction(runtime_engine, tenant_id),
         clock=utc_now,
         new_id=uuid.uuid4,
         role_permissions=settings.role_table(),

@@ -6,10 +6,8 @@ at the same time both run, the second's outcome insert waits for the first's com
 second rolls back and answers from the log. No lock or lookup is spent per command on the rare twin.
 
 The statements go straight to asyncpg on a connection of SQLAlchemy's pool: the command path is a handful
-of fixed statements, and SQLAlchemy's execution layer cost more CPU per command than building them. The
-transaction begins at the first read; a command that reads nothing (a create) commits in a group with
-others (`storage.group_commit`). A command that reads is BEGIN with the tenant, its reads, the write,
-COMMIT and the commit's WAL position."""
+of fixed statements, and SQLAlchemy's execution layer cost more CPU per command than building them. A
+create is four round trips: BEGIN with the tenant, the write, COMMIT, the commit's WAL position."""
 
 from __future__ import annotations
 
@@ -19,18 +17,18 @@ from typing import Any, Self
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.access import TENANT_ID
 from domain.care_plan import CarePlanAggregate
 from domain.errors import Unavailable
 from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
 from storage import aggregates
-from storage.borrowed_connection import BorrowedConnection, set_tenant
 from storage.errors import describe, is_transient
-from storage.group_commit import COMMIT_POSITION, GroupCommit
 from storage.wal_position import CURRENT_POSITION
 from storage.write_batch import commit_statement
 
+_COMMIT_POSITION = f"SELECT {CURRENT_POSITION}"
 _OUTCOME = (
     "SELECT command_type, request_hash, status, outcome::text, "
     f"{CURRENT_POSITION} FROM command_log WHERE tenant_id = $1 AND command_id = $2"
@@ -39,18 +37,28 @@ _PLAN_PATIENT = "SELECT patient_id FROM care_plans WHERE tenant_id = $1 AND id =
 
 
 class SqlTransaction:
-    """`async with transaction:` is one transaction with `app.tenant_id` set for RLS, begun by the first
-    read; leaving without `commit()` rolls back. Database failures that a retry can fix surface as
-    `Unavailable`. Without `group`, a command that reads nothing commits on its own as well."""
+    """`async with transaction:` opens a transaction with `app.tenant_id` set for RLS; leaving without
+    `commit()` rolls back. Database failures that a retry can fix surface as `Unavailable`."""
 
-    def __init__(self, engine: AsyncEngine, tenant_id: str, group: GroupCommit | None = None) -> None:
-        self._begin = f"BEGIN; {set_tenant(tenant_id)}"  # one round trip; refuses a bad tenant id
+    def __init__(self, engine: AsyncEngine, tenant_id: str) -> None:
+        # Inlined into BEGIN's query below (a simple query takes no parameters): held to its pattern here.
+        if not TENANT_ID.fullmatch(tenant_id):
+            raise ValueError(f"not a tenant id: {tenant_id!r}")
         self._engine = engine
-        self._group = group
         self.tenant_id = tenant_id
-        self._connection: BorrowedConnection | None = None
+        self._pooled: AsyncConnection | None = None
+        self._db: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> Self:
+        try:
+            self._pooled, self._db = await _live_connection(self._engine)
+            # One round trip: the transaction and its tenant, transaction-local (set_config's `true`).
+            await self.db.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{self.tenant_id}', true)")
+        except BaseException as exc:
+            await self._close(exc)
+            if isinstance(exc, Exception) and is_transient(exc):
+                raise Unavailable("database", describe(exc)) from exc
+            raise
         return self
 
     async def __aexit__(
@@ -60,40 +68,32 @@ class SqlTransaction:
         if isinstance(exc, Exception) and not isinstance(exc, Unavailable) and is_transient(exc):
             raise Unavailable("database", describe(exc)) from exc
 
-    async def _db(self) -> asyncpg.Connection:
-        """The transaction's connection, the transaction begun on first use."""
-        if self._connection is not None:
-            return self._connection.db
-        try:
-            self._connection = await BorrowedConnection.borrow(self._engine)
-            await self._connection.db.execute(self._begin)
-        except BaseException as exc:
-            await self._close(exc)
-            if isinstance(exc, Exception) and is_transient(exc):
-                raise Unavailable("database", describe(exc)) from exc
-            raise
-        return self._connection.db
+    @property
+    def db(self) -> asyncpg.Connection:
+        if self._db is None:
+            raise RuntimeError("transaction used outside `async with`")
+        return self._db
 
     # --- reads ---
 
     async def find_outcome(self, command_id: uuid.UUID) -> StoredOutcome | None:
-        row = await (await self._db()).fetchrow(_OUTCOME, self.tenant_id, command_id)
+        row = await self.db.fetchrow(_OUTCOME, self.tenant_id, command_id)
         if row is None:
             return None
         command_type, request_hash, status, outcome, position = row
         return StoredOutcome(command_type, request_hash, status, _json(outcome), position)
 
     async def load_plan(self, plan_id: str) -> CarePlanAggregate | None:
-        return await aggregates.load_plan(await self._db(), self.tenant_id, plan_id)
+        return await aggregates.load_plan(self.db, self.tenant_id, plan_id)
 
     async def load_plan_of(self, resource_type: str, resource_id: str) -> CarePlanAggregate | None:
-        return await aggregates.load_plan_of(await self._db(), self.tenant_id, resource_type, resource_id)
+        return await aggregates.load_plan_of(self.db, self.tenant_id, resource_type, resource_id)
 
     async def plan_id_of(self, resource_type: str, resource_id: str) -> str | None:
-        return await aggregates.plan_id_of(await self._db(), self.tenant_id, resource_type, resource_id)
+        return await aggregates.plan_id_of(self.db, self.tenant_id, resource_type, resource_id)
 
     async def plan_patient(self, plan_id: str) -> str | None:
-        patient_id: str | None = await (await self._db()).fetchval(_PLAN_PATIENT, self.tenant_id, plan_id)
+        patient_id: str | None = await self.db.fetchval(_PLAN_PATIENT, self.tenant_id, plan_id)
         return patient_id
 
     # --- the end ---
@@ -104,12 +104,9 @@ class SqlTransaction:
         The position costs one round trip after COMMIT: no statement can return it any sooner, as the
         commit record is written by COMMIT. Should that round trip fail, the commit stands and the caller
         retries as after any outage: the command log answers, with a position of its own."""
-        if self._connection is None and self._group is not None:
-            return await self._group.commit(self.tenant_id, record)
-        db = await self._db()
         try:
             sql, args = commit_statement(self.tenant_id, record)
-            written, recorded = await db.fetchrow(sql, *args)
+            written, recorded = await self.db.fetchrow(sql, *args)
             if not recorded:
                 # A twin delivery's outcome committed first: its insert made this one wait, then skip.
                 raise AlreadyRecorded(str(record.outcome.command_id))
@@ -118,8 +115,8 @@ class SqlTransaction:
                     f"{len(record.versions) - int(written or 0)} resource(s) were not at the version before "
                     "theirs: a lost update was refused"
                 )
-            await db.execute("COMMIT")
-            position: str = await db.fetchval(COMMIT_POSITION)
+            await self.db.execute("COMMIT")
+            position: str = await self.db.fetchval(_COMMIT_POSITION)
             return position
         except AlreadyRecorded:
             raise
@@ -129,9 +126,52 @@ class SqlTransaction:
             raise
 
     async def _close(self, failure: BaseException | None = None) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.give_back(failure)
+        """Back to the pool with no transaction open. A connection in doubt — closed, broken by the
+        failure, or unable to roll back — is closed instead (SQLAlchemy does not see these statements,
+        so it cannot notice a dead connection itself); the next command takes a fresh one."""
+        pooled, db = self._pooled, self._db
+        self._pooled = self._db = None
+        if pooled is None:
+            return
+        try:
+            if db is None or db.is_closed() or _breaks_connection(failure):
+                await pooled.invalidate()
+            elif db.is_in_transaction():
+                await db.execute("ROLLBACK")
+        except Exception:
+            await pooled.invalidate()  # the failure that brought us here is the one to report
+        except BaseException:
+            await pooled.invalidate()
+            raise
+        finally:
+            await pooled.close()
+
+
+# A pool holds at most this many connections; after a database restart every one of them may be dead.
+_MAX_DEAD_CHECKOUTS = 256
+
+
+async def _live_connection(engine: AsyncEngine) -> tuple[AsyncConnection, asyncpg.Connection]:
+    """A pooled connection that asyncpg does not already know to be closed. The server closes idle
+    connections on a restart or when it locks a role out, and SQLAlchemy, which does not run these
+    statements, would hand them out one by one: each would fail a command. They are dropped here."""
+    for _ in range(_MAX_DEAD_CHECKOUTS):
+        pooled = await engine.connect()
+        raw = await pooled.get_raw_connection()
+        db: asyncpg.Connection = raw.driver_connection
+        if not db.is_closed():
+            return pooled, db
+        await pooled.invalidate()
+        await pooled.close()
+    raise Unavailable("database", "every pooled connection was closed")
+
+
+def _breaks_connection(failure: BaseException | None) -> bool:
+    if isinstance(failure, Unavailable) and failure.__cause__ is not None:
+        failure = failure.__cause__
+    return isinstance(
+        failure, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError)
+    ) or (failure is not None and not isinstance(failure, Exception))  # cancelled mid-statement
 
 
 def _json(text: str) -> dict[str, Any]:
