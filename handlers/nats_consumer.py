@@ -280,8 +280,11 @@ async def handle_delivery(
         )
     await send_reply(broker, incoming, reply, replies, observer)
     # Ack only once the outcome is committed and the reply is out; a crash before here redelivers,
-    # and the command log answers the redelivery.
-    await raw.ack_sync()
+    # and the command log answers the redelivery. Not `ack_sync`: waiting for the server to confirm held
+    # the worker (and the pull batch behind it) for a round trip that guarantees nothing more. An ack
+    # lost on the way, like a crash, means one redelivery that the log answers; a stop drains the
+    # connection, so the acks of the commands that finished go out before it closes.
+    await raw.ack()
 
 
 _HANDED_BACK: set[asyncio.Task[None]] = set()
