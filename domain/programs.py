@@ -1,0 +1,311 @@
+"""Care programs (CONTRACT §10): a tenant's versioned protocol for a condition, rendered as an R4
+PlanDefinition, whose goals and activities each carry a stable key; and the rollout rules that move a plan
+made from one version to the next, by key, without touching what clinicians started or added by hand.
+
+Pure: durations, validation, the publication status machine and the rollout diff take values and return
+values. Enrolment and the migration of a plan apply their results through the CarePlan aggregate."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from enum import StrEnum
+
+from domain.entities import TargetDetail, Versioned
+from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
+from domain.statuses import GoalAchievement, GoalLifecycleStatus, TaskStatus
+from domain.values import CodeableConcept
+
+KEY = re.compile(r"[a-z0-9-]{1,64}")
+NAME = re.compile(r"[a-z0-9-]{1,64}")
+_DURATION = re.compile(r"P(\d{1,5})([YMWD])")
+# Template target details PlanDefinition.goal.target.detail[x] allows (R4: Quantity, Range, CodeableConcept).
+TEMPLATE_DETAIL_KINDS = frozenset({"quantity", "range", "coded"})
+
+
+_UNITS = {"Y": ("a", "year"), "M": ("mo", "month"), "W": ("wk", "week"), "D": ("d", "day")}
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """An ISO 8601 duration in one unit — `P1Y`, `P6M`, `P12W`, `P90D` — counted from a date: years and
+    months by the calendar (31 January + P1M is the last day of February), weeks and days as days. One
+    unit, so that it is exactly one R4 Duration (UCUM `a`, `mo`, `wk`, `d`)."""
+
+    amount: int
+    unit: str  # Y, M, W or D
+
+    @classmethod
+    def parse(cls, text: str, path: str) -> Duration:
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise InvalidValue(
+                path, f"{text!r} is not an ISO 8601 duration in one unit: P<n>Y, P<n>M, P<n>W or P<n>D"
+            )
+        return cls(int(match.group(1)), match.group(2))
+
+    def after(self, start: date) -> date:
+        if self.unit in ("W", "D"):
+            return start + timedelta(days=self.amount * (7 if self.unit == "W" else 1))
+        months = start.month - 1 + self.amount * (12 if self.unit == "Y" else 1)
+        year, month = start.year + months // 12, months % 12 + 1
+        if year > 9999:
+            raise InvalidValue("data.start", "the program's durations reach past the year 9999")
+        return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
+
+    def iso(self) -> str:
+        return f"P{self.amount}{self.unit}"
+
+    def fhir(self) -> dict[str, object]:
+        code, unit = _UNITS[self.unit]
+        return {
+            "value": self.amount,
+            "unit": unit if self.amount == 1 else f"{unit}s",
+            "system": "http://unitsofmeasure.org",
+            "code": code,
+        }
+
+
+class PublicationStatus(StrEnum):
+    """http://hl7.org/fhir/publication-status (`unknown` is never set by us)."""
+
+    DRAFT = "draft"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+PUBLICATION_TRANSITIONS: Mapping[PublicationStatus, tuple[PublicationStatus, ...]] = {
+    PublicationStatus.DRAFT: (PublicationStatus.ACTIVE, PublicationStatus.RETIRED),
+    PublicationStatus.ACTIVE: (PublicationStatus.RETIRED,),
+    PublicationStatus.RETIRED: (),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetTemplate:
+    measure: CodeableConcept | None = None
+    detail: TargetDetail | None = None
+    due_after: Duration | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoalTemplate:
+    key: str
+    description: CodeableConcept
+    priority: CodeableConcept | None = None
+    targets: tuple[TargetTemplate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivityTemplate:
+    key: str
+    description: str
+    code: CodeableConcept | None = None
+    kind: str | None = None
+    goal_keys: tuple[str, ...] = ()
+    priority: str | None = None
+    start_after: Duration | None = None
+    duration: Duration | None = None
+
+    def window(self, start: date) -> tuple[date, date | None]:
+        """The Task's scheduled window for an enrolment starting on `start`."""
+        begins = self.start_after.after(start) if self.start_after else start
+        return begins, self.duration.after(begins) if self.duration else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgramContent:
+    """What a version says, all of which a draft may change (its name excepted)."""
+
+    title: str
+    description: str | None = None
+    categories: tuple[CodeableConcept, ...] = ()
+    addresses: tuple[CodeableConcept, ...] = ()
+    review_interval_days: int | None = None
+    goals: tuple[GoalTemplate, ...] = ()
+    activities: tuple[ActivityTemplate, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_content(self)
+
+    def goal(self, key: str) -> GoalTemplate | None:
+        return next((g for g in self.goals if g.key == key), None)
+
+    def activity(self, key: str) -> ActivityTemplate | None:
+        return next((a for a in self.activities if a.key == key), None)
+
+
+def check_content(content: ProgramContent) -> None:
+    """The rules a version's content keeps: keys of the key pattern, each used once among goals and
+    activities (a plan's items are diffed by key alone), activities naming existing goal keys, template
+    targets PlanDefinition can hold (quantity, range or coded)."""
+    seen: dict[str, str] = {}
+    keyed = [("goals", i, g.key) for i, g in enumerate(content.goals)]
+    keyed += [("activities", i, a.key) for i, a in enumerate(content.activities)]
+    for kind, index, key in keyed:
+        path = f"data.{kind}.{index}.key"
+        if not KEY.fullmatch(key):
+            raise InvalidValue(path, f"{key!r} is not a key ([a-z0-9-], 1 to 64 characters)")
+        if key in seen:
+            raise InvalidValue(path, f"key {key!r} is used twice (first at {seen[key]})")
+        seen[key] = path
+    goal_keys = {g.key for g in content.goals}
+    for index, goal in enumerate(content.goals):
+        for t, target in enumerate(goal.targets):
+            if target.detail is not None and target.detail.kind not in TEMPLATE_DETAIL_KINDS:
+                raise InvalidValue(
+                    f"data.goals.{index}.targets.{t}.detail",
+                    f"a program's target is a quantity, a range or a coded value, not {target.detail.kind}",
+                )
+    for index, activity in enumerate(content.activities):
+        for k, goal_key in enumerate(activity.goal_keys):
+            if goal_key not in goal_keys:
+                raise InvalidValue(
+                    f"data.activities.{index}.goal_keys.{k}", f"no goal of this program has key {goal_key!r}"
+                )
+
+
+@dataclass(slots=True, kw_only=True)
+class Program(Versioned):
+    """One version of a program: its own PlanDefinition resource (`id`, resource `version`), its business
+    version `program_version` ("1", "2", …) and the canonical `url` it shares with its name's versions."""
+
+    name: str
+    url: str
+    program_version: str
+    status: PublicationStatus
+    content: ProgramContent
+    revises: str | None = None  # the program id of the version this one was made from
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.url}|{self.program_version}"
+
+    def check_updatable(self) -> None:
+        if self.status is not PublicationStatus.DRAFT:
+            raise ClosedForChanges(
+                resource=f"PlanDefinition/{self.id}", status=self.status.value, action="changes"
+            )
+
+    def check_status_change(self, to: PublicationStatus) -> None:
+        allowed = PUBLICATION_TRANSITIONS[self.status]
+        if to not in allowed:
+            raise InvalidTransition(
+                field="status", from_=self.status.value, to=to.value, allowed=tuple(a.value for a in allowed)
+            )
+
+
+def check_name(name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise InvalidValue("data.name", f"{name!r} is not a program name ([a-z0-9-], 1 to 64 characters)")
+
+
+# --- rollout -------------------------------------------------------------------------------------------
+
+
+class Progress(StrEnum):
+    """Where an enrolled item stands, for a rollout: only what has not started may be changed by one."""
+
+    NOT_STARTED = "not-started"
+    STARTED = "started"  # begun, held, or done: clinicians' work, never changed by a rollout
+    CLOSED = "closed"  # cancelled, rejected, failed or entered in error: out of the plan already
+
+
+_GOAL_NOT_STARTED = frozenset(
+    {GoalLifecycleStatus.PROPOSED, GoalLifecycleStatus.PLANNED, GoalLifecycleStatus.ACCEPTED}
+)
+_GOAL_CLOSED = frozenset(
+    {GoalLifecycleStatus.CANCELLED, GoalLifecycleStatus.REJECTED, GoalLifecycleStatus.ENTERED_IN_ERROR}
+)
+# CONTRACT §10: a Task not started is draft, requested or ready (received and accepted are an owner's act).
+_TASK_NOT_STARTED = frozenset({TaskStatus.DRAFT, TaskStatus.REQUESTED, TaskStatus.READY})
+_TASK_CLOSED = frozenset(
+    {TaskStatus.CANCELLED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.ENTERED_IN_ERROR}
+)
+
+
+def goal_progress(status: GoalLifecycleStatus, achievement: GoalAchievement | None) -> Progress:
+    if status in _GOAL_CLOSED:
+        return Progress.CLOSED
+    if status in _GOAL_NOT_STARTED or (status is GoalLifecycleStatus.ACTIVE and achievement is None):
+        return Progress.NOT_STARTED
+    return Progress.STARTED
+
+
+def task_progress(status: TaskStatus) -> Progress:
+    if status in _TASK_CLOSED:
+        return Progress.CLOSED
+    return Progress.NOT_STARTED if status in _TASK_NOT_STARTED else Progress.STARTED
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """What a rollout does to one plan, by key: `keep` lists the items it would have cancelled or updated
+    but leaves alone because they started (the conflicts to report)."""
+
+    add: tuple[str, ...] = ()
+    cancel: tuple[str, ...] = ()
+    update: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.add or self.cancel or self.update)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {
+            "add": list(self.add),
+            "cancel": list(self.cancel),
+            "update": list(self.update),
+            "keep": list(self.keep),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledItems:
+    """A plan's items made by enrolment, by key, with their progress. `skipped` are the keys its
+    enrolment left out (`skip[]`): a rollout does not add them either."""
+
+    progress: Mapping[str, Progress] = field(default_factory=dict)
+    skipped: frozenset[str] = frozenset()
+
+
+def _template(content: ProgramContent, key: str) -> GoalTemplate | ActivityTemplate | None:
+    return content.goal(key) or content.activity(key)
+
+
+def migration(old: ProgramContent, new: ProgramContent, items: EnrolledItems) -> Migration:
+    """The rollout rules of CONTRACT §10 for one plan, from `old` (the version the plan follows) to `new`:
+    a key only in `new` is added; a key only in `old` is cancelled if its item has not started, else kept;
+    a key in both whose template changed is updated if not started, else kept. Items closed already, and
+    keys the plan never had (skipped at enrolment), are left out; unkeyed items are never seen here."""
+    add: list[str] = []
+    cancel: list[str] = []
+    update: list[str] = []
+    keep: list[str] = []
+    for key in _keys(old, new):
+        before, after = _template(old, key), _template(new, key)
+        progress = items.progress.get(key)
+        if before is None and after is not None:
+            if progress is None and key not in items.skipped:
+                add.append(key)
+        elif progress is None or progress is Progress.CLOSED:
+            continue
+        elif after is None:
+            (cancel if progress is Progress.NOT_STARTED else keep).append(key)
+        elif before != after:
+            (update if progress is Progress.NOT_STARTED else keep).append(key)
+    return Migration(tuple(add), tuple(cancel), tuple(update), tuple(keep))
+
+
+def _keys(old: ProgramContent, new: ProgramContent) -> Iterable[str]:
+    """Every key of either version, goals first, each once, in the order the versions list them."""
+    ordered: dict[str, None] = {}
+    for content in (old, new):
+        ordered |= dict.fromkeys(g.key for g in content.goals)
+    for content in (old, new):
+        ordered |= dict.fromkeys(a.key for a in content.activities)
+    return ordered
