@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from domain.entities import Activity, CarePlan, CareTeam, Goal, GoalTarget, Quantity, Versioned
+from domain.programs import ActivityTemplate, GoalTemplate, Program
 from domain.statuses import CarePlanStatus, CareTeamStatus, GoalLifecycleStatus, TaskStatus
 from domain.values import CodeableConcept, Coding, Note, Period
 
@@ -353,6 +354,8 @@ def render_resource(entity: Versioned) -> tuple[str, JSON]:
             return "Task", render_task(entity)
         case CareTeam():
             return "CareTeam", render_care_team(entity)
+        case Program():
+            return "PlanDefinition", render_plan_definition(entity)
     raise TypeError(f"cannot render {type(entity).__name__}")
 
 
@@ -419,3 +422,110 @@ def render_provenance(
     if token_id:
         provenance["policy"] = [f"urn:care-plan-service:jwt-id:{token_id}"]
     return provenance
+
+
+# --- care programs (CONTRACT §10): a program version as an R4 PlanDefinition; README maps each field ---
+
+PLAN_DEFINITION_TYPE = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
+PROGRAM_ADDRESSES_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/program-addresses"
+PROGRAM_REVIEW_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/program-review-interval"
+ACTIVITY_DURATION_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/activity-duration"
+# On an enrolled Goal or Task: the program key it was made from (a rollout diffs by it).
+PROGRAM_KEY_EXTENSION = "https://care-plan-service.dev/fhir/StructureDefinition/program-key"
+
+
+def render_plan_definition(program: Program) -> JSON:
+    """A program version as a `clinical-protocol` PlanDefinition: goals and actions carry their keys as
+    element ids, an action's `goalId` names goal keys, its start (an offset from the enrolment's start) is
+    `timingDuration` and how long it lasts an extension."""
+    content = program.content
+    resource = _base("PlanDefinition", program, None)
+    resource["text"] = {
+        "status": "generated",
+        "div": _narrative(
+            [
+                ("Program", content.title),
+                ("Version", program.program_version),
+                ("Status", program.status.value),
+                ("Goals", str(len(content.goals))),
+                ("Activities", str(len(content.activities))),
+            ]
+        ),
+    }
+    extensions = [
+        {"url": PROGRAM_ADDRESSES_EXTENSION, "valueCodeableConcept": render_codeable_concept(c)}
+        for c in content.addresses
+    ]
+    if content.review_interval_days is not None:
+        days = content.review_interval_days
+        extensions.append(
+            {
+                "url": PROGRAM_REVIEW_EXTENSION,
+                "valueDuration": {
+                    "value": days,
+                    "unit": "day" if days == 1 else "days",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "d",
+                },
+            }
+        )
+    if extensions:
+        resource["extension"] = extensions
+    resource |= {
+        "url": program.url,
+        "version": program.program_version,
+        "name": program.name,
+        "title": content.title,
+        "type": {
+            "coding": [
+                {"system": PLAN_DEFINITION_TYPE, "code": "clinical-protocol", "display": "Clinical Protocol"}
+            ]
+        },
+        "status": program.status.value,
+        "date": fhir_instant(program.last_updated),
+    }
+    if content.description:
+        resource["description"] = content.description
+    if content.categories:
+        resource["topic"] = [render_codeable_concept(c) for c in content.categories]
+    if content.goals:
+        resource["goal"] = [_plan_goal(g) for g in content.goals]
+    if content.activities:
+        resource["action"] = [_plan_action(a) for a in content.activities]
+    return resource
+
+
+def _plan_goal(goal: GoalTemplate) -> JSON:
+    out: JSON = {"id": goal.key, "description": render_codeable_concept(goal.description)}
+    if goal.priority is not None:
+        out["priority"] = render_codeable_concept(goal.priority)
+    targets = []
+    for target in goal.targets:
+        rendered = render_target(GoalTarget(measure=target.measure, detail=target.detail))
+        if target.due_after is not None:
+            rendered["due"] = target.due_after.fhir()
+        targets.append(rendered)
+    if targets:
+        out["target"] = targets
+    return out
+
+
+def _plan_action(activity: ActivityTemplate) -> JSON:
+    out: JSON = {"id": activity.key}
+    extensions: list[JSON] = []
+    if activity.kind:
+        extensions.append({"url": ACTIVITY_KIND_EXTENSION, "valueCode": activity.kind})
+    if activity.duration is not None:
+        extensions.append({"url": ACTIVITY_DURATION_EXTENSION, "valueDuration": activity.duration.fhir()})
+    if extensions:
+        out["extension"] = extensions
+    out["title"] = activity.description
+    if activity.priority:
+        out["priority"] = activity.priority
+    if activity.code is not None:
+        out["code"] = [render_codeable_concept(activity.code)]
+    if activity.goal_keys:
+        out["goalId"] = list(activity.goal_keys)
+    if activity.start_after is not None:
+        out["timingDuration"] = activity.start_after.fhir()
+    return out

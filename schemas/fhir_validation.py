@@ -2,9 +2,9 @@
 construction; the property tests (tests/unit/use_cases) hold them to it through this check, instead of
 running it over every write.
 
-fhir.resources 8 ships R4B, not R4 (DOMAIN.md decision 7); for CarePlan, Goal, Task, CareTeam and
-Provenance the elements we write are the same in both. It checks structure and datatypes, not code
-bindings: the domain owns the status vocabularies.
+fhir.resources 8 ships R4B, not R4 (DOMAIN.md decision 7); for CarePlan, Goal, Task, CareTeam,
+Provenance and PlanDefinition the elements we write are the same in both. It checks structure and
+datatypes, not code bindings: the domain owns the status vocabularies.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.careteam import CareTeam
 from fhir.resources.R4B.goal import Goal
+from fhir.resources.R4B.plandefinition import PlanDefinition
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "Goal": Goal,
     "Task": Task,
     "CareTeam": CareTeam,
+    "PlanDefinition": PlanDefinition,
     "Provenance": Provenance,
 }
 
