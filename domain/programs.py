@@ -11,11 +11,14 @@ import calendar
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
+from domain.care_plan import check_version
 from domain.entities import TargetDetail, Versioned
 from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
+from domain.events import DomainEvent
 from domain.statuses import GoalAchievement, GoalLifecycleStatus, TaskStatus
 from domain.values import CodeableConcept
 
@@ -201,6 +204,93 @@ class Program(Versioned):
 def check_name(name: str) -> None:
     if not NAME.fullmatch(name):
         raise InvalidValue("data.name", f"{name!r} is not a program name ([a-z0-9-], 1 to 64 characters)")
+
+
+def program_url(tenant_id: str, name: str) -> str:
+    """The canonical url of every version of a tenant's program `name`: stable, whatever the deployment."""
+    return f"{PROGRAM_URL_BASE}/{tenant_id}/{name}"
+
+
+PROGRAM_URL_BASE = "https://care-plan-service.dev/fhir/programs"
+
+
+class ProgramAggregate:
+    """One program version, changed as a unit under its row lock; records one event per new version."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.events: list[DomainEvent] = []
+        self._changed = False
+
+    patient_id: str | None = None  # a program is no patient's
+
+    @property
+    def key(self) -> str:
+        return f"PlanDefinition/{self.program.id}"
+
+    @classmethod
+    def define(
+        cls,
+        *,
+        program_id: str,
+        tenant_id: str,
+        name: str,
+        program_version: str,
+        content: ProgramContent,
+        now: datetime,
+        revises: str | None = None,
+    ) -> ProgramAggregate:
+        """A new version of `name`, as a draft."""
+        check_name(name)
+        program = Program(
+            id=program_id,
+            version=0,
+            created=now,
+            last_updated=now,
+            name=name,
+            url=program_url(tenant_id, name),
+            program_version=program_version,
+            status=PublicationStatus.DRAFT,
+            content=content,
+            revises=revises,
+        )
+        aggregate = cls(program)
+        aggregate._new_version(now, "program.defined")
+        return aggregate
+
+    def update(self, content: ProgramContent, *, expected_version: int | None, now: datetime) -> None:
+        """New content for a draft; the same content again is no new version."""
+        check_version(self.program, expected_version, required=True)
+        self.program.check_updatable()
+        if content == self.program.content:
+            return
+        self.program.content = content
+        self._new_version(now, "program.updated")
+
+    def change_status(
+        self, to: PublicationStatus, *, expected_version: int | None, now: datetime, reason: str | None = None
+    ) -> None:
+        check_version(self.program, expected_version, required=False)
+        self.program.check_status_change(to)
+        before = self.program.status
+        self.program.status = to
+        event = "program.published" if to is PublicationStatus.ACTIVE else "program.retired"
+        self._new_version(now, event, {"from": before.value, "to": to.value, "reason": reason})
+
+    def changed(self) -> list[tuple[str, Versioned]]:
+        return [("PlanDefinition", self.program)] if self._changed else []
+
+    def mark_stored(self) -> None:
+        self._changed = False
+        self.events.clear()
+
+    def _new_version(self, now: datetime, event: str, data: dict[str, Any] | None = None) -> None:
+        if not self._changed:
+            self.program.version += 1
+            self._changed = True
+        self.program.last_updated = now
+        data = {k: v for k, v in (data or {}).items() if v is not None}
+        self.events.append(DomainEvent(event, "PlanDefinition", self.program.id, self.program.version, data))
 
 
 # --- rollout -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from domain.entities import Quantity, TargetDetail
-from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
+from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue, VersionConflict
 from domain.programs import (
     ActivityTemplate,
     Duration,
@@ -16,6 +16,7 @@ from domain.programs import (
     GoalTemplate,
     Migration,
     Program,
+    ProgramAggregate,
     ProgramContent,
     Progress,
     PublicationStatus,
@@ -329,3 +330,76 @@ def test_a_whole_plan_is_diffed_key_by_key_in_the_versions_order() -> None:
     assert migration(v2, v2, EnrolledItems(progress=dict.fromkeys(["a1c", "bp"], Progress.NOT_STARTED))) == (
         Migration()
     )
+
+
+# --- the program aggregate ---
+
+
+def defined() -> ProgramAggregate:
+    return ProgramAggregate.define(
+        program_id="pd1",
+        tenant_id="t1",
+        name="type-2-diabetes",
+        program_version="2",
+        content=ProgramContent(title="T2D", goals=(goal("a1c"),)),
+        now=NOW,
+        revises="pd0",
+    )
+
+
+def test_define_makes_a_draft_at_the_names_next_version_with_its_event() -> None:
+    aggregate = defined()
+    program = aggregate.program
+    assert (program.status, program.version, program.program_version) == (PublicationStatus.DRAFT, 1, "2")
+    assert program.canonical == "https://care-plan-service.dev/fhir/programs/t1/type-2-diabetes|2"
+    assert [(e.name, e.resource_type, e.version) for e in aggregate.events] == [
+        ("program.defined", "PlanDefinition", 1)
+    ]
+    assert aggregate.changed() == [("PlanDefinition", program)]
+
+
+def test_a_draft_takes_new_content_and_the_same_content_is_no_version() -> None:
+    aggregate = defined()
+    aggregate.mark_stored()
+    aggregate.update(aggregate.program.content, expected_version=1, now=NOW)
+    assert aggregate.changed() == [] and aggregate.events == []
+    aggregate.update(ProgramContent(title="T2D, revised"), expected_version=1, now=NOW)
+    assert aggregate.program.version == 2
+    assert [e.name for e in aggregate.events] == ["program.updated"]
+
+
+def test_a_published_version_takes_no_content_and_says_so() -> None:
+    aggregate = defined()
+    aggregate.change_status(PublicationStatus.ACTIVE, expected_version=None, now=NOW)
+    assert [(e.name, e.data) for e in aggregate.events][-1] == (
+        "program.published",
+        {"from": "draft", "to": "active"},
+    )
+    with pytest.raises(ClosedForChanges):
+        aggregate.update(ProgramContent(title="changed"), expected_version=1, now=NOW)
+    aggregate.change_status(PublicationStatus.RETIRED, expected_version=1, now=NOW, reason="superseded")
+    assert aggregate.events[-1].name == "program.retired"
+    assert aggregate.events[-1].data["reason"] == "superseded"
+    assert aggregate.program.version == 1  # one new version per command, however many changes
+
+
+def test_an_update_needs_the_version_it_expects() -> None:
+    aggregate = defined()
+    with pytest.raises(InvalidValue):
+        aggregate.update(ProgramContent(title="x"), expected_version=None, now=NOW)
+    with pytest.raises(VersionConflict):
+        aggregate.update(ProgramContent(title="x"), expected_version=7, now=NOW)
+
+
+@pytest.mark.parametrize("name", ["Type2", "type_2", "", "x" * 65])
+def test_a_name_outside_the_pattern_is_refused(name: str) -> None:
+    with pytest.raises(InvalidValue) as refused:
+        ProgramAggregate.define(
+            program_id="p",
+            tenant_id="t1",
+            name=name,
+            program_version="1",
+            content=ProgramContent(title="T"),
+            now=NOW,
+        )
+    assert refused.value.path == "data.name"
