@@ -59,6 +59,7 @@ class Permission:
     GOAL_WRITE = "goal:write"
     ACTIVITY_WRITE = "activity:write"
     CARETEAM_WRITE = "careteam:write"
+    PROGRAM_WRITE = "program:write"  # care programs (CONTRACT §10): authors, not every clinician
 
 
 ALL_WRITES = frozenset(
@@ -71,9 +72,13 @@ ALL_WRITES = frozenset(
     }
 )
 
+# Every permission a role table may grant.
+KNOWN_PERMISSIONS = ALL_WRITES | {Permission.PROGRAM_WRITE}
+
 # The documented default (README.md, "Roles and permissions"); `patient` has no writes.
 DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     "clinician": ALL_WRITES,
+    "program-author": frozenset({Permission.PROGRAM_WRITE}),
     "care-coordinator": frozenset({Permission.ACTIVITY_WRITE, Permission.CARETEAM_WRITE}),
     "reviewer": frozenset({Permission.CAREPLAN_REVIEW}),
     PATIENT_ROLE: frozenset(),

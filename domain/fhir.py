@@ -377,6 +377,8 @@ def _entered_in_error(entity: Versioned) -> bool:
             return entity.status is TaskStatus.ENTERED_IN_ERROR
         case CareTeam():
             return entity.status is CareTeamStatus.ENTERED_IN_ERROR
+        case Program():
+            return False  # a publication status has no entered-in-error
     raise TypeError(f"no status on {type(entity).__name__}")
 
 

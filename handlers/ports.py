@@ -13,6 +13,7 @@ from typing import Any, Protocol, Self
 from domain.access import Principal
 from domain.care_plan import CarePlanAggregate
 from domain.entities import CarePlan, Goal, Versioned
+from domain.programs import ProgramAggregate
 
 
 class AuthenticationFailed(Exception):
@@ -114,6 +115,15 @@ class Transaction(Protocol):
 
     async def plan_patient(self, plan_id: str) -> str | None:
         """The plan's patient, unlocked: read before the transaction, for the upstream checks."""
+        ...
+
+    async def load_program(self, program_id: str) -> ProgramAggregate | None:
+        """A program version (CONTRACT §10), its row locked until commit."""
+        ...
+
+    async def latest_program_version(self, name: str) -> int:
+        """The highest business version of the program `name` (0 if none), the name locked until commit:
+        defines of one name number their versions in turn."""
         ...
 
     async def commit(self, record: CommitRecord) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from domain.access import Permission
-from handlers import activities, care_plans, care_teams, goals
+from handlers import activities, care_plans, care_teams, goals, programs
 from handlers.context import CommandContext
 from handlers.unit_of_work import UnitOfWork
 from schemas import commands as wire
@@ -83,6 +83,8 @@ _PLAN = f"{API_PREFIX}/care-plans/{{care_plan_id}}"
 _GOAL = f"{API_PREFIX}/goals/{{goal_id}}"
 _ACTIVITY = f"{API_PREFIX}/activities/{{activity_id}}"
 _MEMBER = f"{_PLAN}/care-team/members/{{member_id}}"
+_PROGRAMS = f"{API_PREFIX}/programs"
+_PROGRAM = f"{_PROGRAMS}/{{program_id}}"
 _CASCADE = ("activity.status_changed", "activity.completed")  # a plan's status reaches its open activities
 
 _STANDARD = (
@@ -209,6 +211,36 @@ _STANDARD = (
         HttpRoute("DELETE", _MEMBER, "Remove a care-team member", has_body=False),
         ("careteam.member_removed",),
         version_target="care team",
+    ),
+    CommandSpec(
+        "program.define",
+        wire.ProgramDefine,
+        _P.PROGRAM_WRITE,
+        programs.define_program,
+        HttpRoute("POST", _PROGRAMS, "Define a care program version (a draft)"),
+        ("program.defined",),
+        VersionCheck.NONE,
+        None,
+    ),
+    CommandSpec(
+        "program.update",
+        wire.ProgramUpdate,
+        _P.PROGRAM_WRITE,
+        programs.update_program,
+        HttpRoute("PATCH", _PROGRAM, "Change a draft program version (merge patch)", body_field="changes"),
+        ("program.updated",),
+        VersionCheck.REQUIRED,
+        "program",
+    ),
+    CommandSpec(
+        "program.change_status",
+        wire.ProgramChangeStatus,
+        _P.PROGRAM_WRITE,
+        programs.change_program_status,
+        HttpRoute("POST", f"{_PROGRAM}/status", "Publish or retire a program version"),
+        ("program.published", "program.retired"),
+        VersionCheck.OPTIONAL,
+        "program",
     ),
 )
 

@@ -7,6 +7,7 @@ from domain.care_plan import CarePlanAggregate
 from domain.errors import NotFound
 from domain.events import DomainEvent
 from domain.fhir import data_operation, render_provenance, render_resource
+from domain.programs import ProgramAggregate
 from handlers.answers import success_reply
 from handlers.context import CommandContext, CommandResult
 from handlers.ports import (
@@ -34,6 +35,7 @@ class UnitOfWork:
         self._transaction = transaction
         self._ctx = ctx
         self._seen: dict[str, CarePlanAggregate] = {}
+        self._programs: dict[str, ProgramAggregate] = {}
         self.answer: Reply | None = None
 
     # --- what a use case reads ---
@@ -74,6 +76,22 @@ class UnitOfWork:
         """A plan the command made: written at commit like the ones it loaded."""
         self._seen[aggregate.plan.id] = aggregate
 
+    async def program(self, program_id: str) -> ProgramAggregate:
+        """A program version, locked until commit; a missing (or another tenant's) id is NOT_FOUND."""
+        if program_id not in self._programs:
+            aggregate = await self._transaction.load_program(program_id)
+            if aggregate is None:
+                raise NotFound("PlanDefinition", program_id)
+            self._programs[program_id] = aggregate
+        return self._programs[program_id]
+
+    async def next_program_version(self, name: str) -> str:
+        """The business version a new version of `name` takes ("1" for a new name)."""
+        return str(await self._transaction.latest_program_version(name) + 1)
+
+    def add_program(self, aggregate: ProgramAggregate) -> None:
+        self._programs[aggregate.program.id] = aggregate
+
     # --- the end of a command ---
 
     async def commit(self, result: CommandResult) -> None:
@@ -96,7 +114,7 @@ class UnitOfWork:
         position = await self._transaction.commit(
             CommitRecord(self._outcome(reply), tuple(versions), provenance, tuple(outbox))
         )
-        for aggregate in self._seen.values():
+        for aggregate in self._aggregates():
             aggregate.mark_stored()
         self.answer = reply.at_position(position)
 
@@ -105,7 +123,11 @@ class UnitOfWork:
         versions: list[NewVersion] = []
         outbox: list[OutboxMessage] = []
         patient_id: str | None = None
-        for aggregate in self._seen.values():
+        aggregates: list[CarePlanAggregate | ProgramAggregate] = [
+            *self._seen.values(),
+            *self._programs.values(),
+        ]
+        for aggregate in aggregates:
             rendered: dict[tuple[str, str], NewVersion] = {}
             for _, entity in aggregate.changed():
                 resource_type, resource = render_resource(entity)
@@ -118,15 +140,19 @@ class UnitOfWork:
                 for event in aggregate.events
                 if (event.resource_type, event.resource_id) == key
             ]
-            if rendered:
+            if rendered and isinstance(aggregate, CarePlanAggregate):
                 patient_id = patient_id or aggregate.plan.patient_id
         return versions, outbox, patient_id
+
+    def _aggregates(self) -> list[CarePlanAggregate | ProgramAggregate]:
+        return [*self._seen.values(), *self._programs.values()]
 
     async def reject(self, reply: Reply) -> None:
         """Forget every change and keep the rejection as the command's outcome."""
         if self.answer is not None:
             raise RuntimeError("a unit of work commits once")
         self._seen.clear()
+        self._programs.clear()
         await self._transaction.commit(CommitRecord(self._outcome(reply)))
         self.answer = reply
 

@@ -6,7 +6,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.common import (
     CodeableConceptIn,
@@ -309,3 +309,99 @@ class CareTeamRemoveMember(WireModel):
 
     care_plan_id: FhirId
     member_id: FhirId
+
+
+# --- care programs (CONTRACT §10) ---
+
+ProgramKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
+ProgramName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
+# ISO 8601, one unit (domain.programs.Duration): P90D, P12W, P6M, P1Y.
+DurationText = Annotated[str, StringConstraints(pattern=r"^P\d{1,5}[YMWD]$")]
+RequestPriority = Literal["routine", "urgent", "asap", "stat"]
+
+
+class TemplateTargetIn(WireModel):
+    """A program goal's target: a measure, a quantity, range or coded detail, and when it is due after the
+    enrolment's start."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"if": not_null_schema("detail"), "then": not_null_schema("measure")}
+    )
+
+    measure: CodeableConceptIn | None = None
+    detail: TargetDetailIn | None = None
+    due_after: DurationText | None = None
+
+    @model_validator(mode="after")
+    def _detail_needs_measure(self) -> TemplateTargetIn:
+        if self.detail is not None and self.measure is None:
+            raise ValueError("a target with a detail needs its measure (FHIR gol-1, on the goals it makes)")
+        return self
+
+
+class ProgramGoalIn(WireModel):
+    key: ProgramKey
+    description: CodeableConceptIn
+    priority: CodeableConceptIn | None = None
+    targets: list[TemplateTargetIn] = Field(default_factory=list, max_length=20)
+
+
+class ProgramActivityIn(WireModel):
+    key: ProgramKey
+    description: ShortText
+    code: CodeableConceptIn | None = None
+    kind: (
+        Literal["Appointment", "CommunicationRequest", "MedicationRequest", "ServiceRequest", "Task"] | None
+    ) = None
+    goal_keys: list[ProgramKey] = Field(default_factory=list, max_length=50)
+    priority: RequestPriority | None = None
+    start_after: DurationText | None = None
+    duration: DurationText | None = None
+
+
+class ProgramReviewIn(WireModel):
+    interval_days: int = Field(ge=1, le=3660)
+
+
+class ProgramContentIn(WireModel):
+    title: ShortText
+    description: LongText | None = None
+    categories: list[CodeableConceptIn] = Field(default_factory=list, max_length=20)
+    addresses: list[CodeableConceptIn] = Field(default_factory=list, max_length=50)
+    review: ProgramReviewIn | None = None
+    goals: list[ProgramGoalIn] = Field(default_factory=list, max_length=50)
+    activities: list[ProgramActivityIn] = Field(default_factory=list, max_length=100)
+
+
+class ProgramDefine(ProgramContentIn):
+    """`program.define`: a new draft, the next version of `name`."""
+
+    name: ProgramName
+    revises: FhirId | None = None
+
+
+class ProgramChanges(WireModel):
+    """A merge patch of a draft's content: a field given replaces it whole (lists too)."""
+
+    title: ShortText | None = None
+    description: LongText | None = None
+    categories: list[CodeableConceptIn] | None = Field(default=None, max_length=20)
+    addresses: list[CodeableConceptIn] | None = Field(default=None, max_length=50)
+    review: ProgramReviewIn | None = None
+    goals: list[ProgramGoalIn] | None = Field(default=None, max_length=50)
+    activities: list[ProgramActivityIn] | None = Field(default=None, max_length=100)
+
+
+class ProgramUpdate(WireModel):
+    """`program.update`: change a draft (define's fields but name)."""
+
+    program_id: FhirId
+    changes: ProgramChanges
+
+
+class ProgramChangeStatus(WireModel):
+    """`program.change_status`: publish (`active`) or retire a version."""
+
+    program_id: FhirId
+    status: Literal["active", "retired"]
+    reason: Reason | None = None

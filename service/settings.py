@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.access import ALL_WRITES, DEFAULT_ROLE_PERMISSIONS
+from domain.access import DEFAULT_ROLE_PERMISSIONS, KNOWN_PERMISSIONS
 from domain.code_checks import ICD_10_CM, LOINC, SNOMED_CT
 from handlers.reply_subjects import DEFAULT_REPLY_PREFIXES, ReplySubjects
 
@@ -155,9 +155,9 @@ class Settings(BaseSettings):
     @field_validator("role_permissions")
     @classmethod
     def _known_permissions(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-        unknown = {p for permissions in (value or {}).values() for p in permissions} - ALL_WRITES
+        unknown = {p for permissions in (value or {}).values() for p in permissions} - KNOWN_PERMISSIONS
         if unknown:
-            raise ValueError(f"unknown permissions {sorted(unknown)}; known: {sorted(ALL_WRITES)}")
+            raise ValueError(f"unknown permissions {sorted(unknown)}; known: {sorted(KNOWN_PERMISSIONS)}")
         return value
 
     def role_table(self) -> Mapping[str, frozenset[str]]:

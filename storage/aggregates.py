@@ -11,6 +11,7 @@ from sqlalchemy import Table
 
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal, Versioned
+from domain.programs import Program, ProgramAggregate
 from handlers.ports import NewVersion
 from storage import tables
 from storage.database import json_text
@@ -20,6 +21,7 @@ _STATE: dict[str, TypeAdapter[Any]] = {
     "Goal": TypeAdapter(Goal),
     "Task": TypeAdapter(Activity),
     "CareTeam": TypeAdapter(CareTeam),
+    "PlanDefinition": TypeAdapter(Program),
 }
 _TABLES: dict[str, Table] = {
     "CarePlan": tables.care_plans,
@@ -145,4 +147,38 @@ def _columns(entity: Versioned) -> dict[str, Any]:
             }
         case CareTeam():
             return {"plan_id": entity.plan_id, "patient_id": entity.patient_id, "status": entity.status.value}
+        case Program():
+            return {
+                "name": entity.name,
+                "url": entity.url,
+                "program_version": entity.program_version,
+                "status": entity.status.value,
+            }
     raise TypeError(f"no table for {type(entity).__name__}")
+
+
+# --- programs (CONTRACT §10) ---
+
+_PROGRAM = "SELECT state::text FROM plan_definitions WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+# Versions of one name are numbered in turn: defines of a name queue on a lock of their own (there may be no
+# row yet to lock), held to the end of the transaction.
+_NAME_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('plan_definitions/' || $1 || '/' || $2, 0))"
+_LATEST_VERSION = (
+    "SELECT coalesce(max(program_version::int), 0) FROM plan_definitions WHERE tenant_id = $1 AND name = $2"
+)
+
+
+async def load_program(conn: asyncpg.Connection, tenant_id: str, program_id: str) -> ProgramAggregate | None:
+    """A program version, its row locked until commit."""
+    state = await conn.fetchval(_PROGRAM, tenant_id, program_id)
+    if state is None:
+        return None
+    program: Program = _STATE["PlanDefinition"].validate_json(state)
+    return ProgramAggregate(program)
+
+
+async def latest_program_version(conn: asyncpg.Connection, tenant_id: str, name: str) -> int:
+    """The highest business version of `name` (0 for a new name), the name locked until commit."""
+    await conn.execute(_NAME_LOCK, tenant_id, name)
+    latest: int = await conn.fetchval(_LATEST_VERSION, tenant_id, name)
+    return latest

@@ -23,6 +23,7 @@ RUNTIME_GRANTS: dict[str, str] = {
     "goals": "SELECT, INSERT, UPDATE",
     "tasks": "SELECT, INSERT, UPDATE",
     "care_teams": "SELECT, INSERT, UPDATE",
+    "plan_definitions": "SELECT, INSERT, UPDATE",
     "resource_history": "SELECT, INSERT",
     "provenance": "SELECT, INSERT",
     "command_log": "SELECT, INSERT",

@@ -85,6 +85,23 @@ care_teams = Table(
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
+# One row per program version (CONTRACT §10); `program_version` is the business version ("1", "2", …).
+plan_definitions = Table(
+    "plan_definitions",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("program_version", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
 # Every version of every FHIR resource we own, as served by vread and _history.
 resource_history = Table(
     "resource_history",
@@ -213,6 +230,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "goals",
     "tasks",
     "care_teams",
+    "plan_definitions",
     "resource_history",
     "provenance",
     "command_log",

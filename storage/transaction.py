@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.access import TENANT_ID
 from domain.care_plan import CarePlanAggregate
 from domain.errors import Unavailable
+from domain.programs import ProgramAggregate
 from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
 from storage import aggregates
 from storage.errors import describe, is_transient
@@ -95,6 +96,12 @@ class SqlTransaction:
     async def plan_patient(self, plan_id: str) -> str | None:
         patient_id: str | None = await self.db.fetchval(_PLAN_PATIENT, self.tenant_id, plan_id)
         return patient_id
+
+    async def load_program(self, program_id: str) -> ProgramAggregate | None:
+        return await aggregates.load_program(self.db, self.tenant_id, program_id)
+
+    async def latest_program_version(self, name: str) -> int:
+        return await aggregates.latest_program_version(self.db, self.tenant_id, name)
 
     # --- the end ---
 

@@ -55,6 +55,11 @@ _CURRENT: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
             ),
         ),
         ("CareTeam", "care_teams", (("plan_id", "text"), ("patient_id", "text"), ("status", "text"))),
+        (
+            "PlanDefinition",
+            "plan_definitions",
+            (("name", "text"), ("url", "text"), ("program_version", "text"), ("status", "text")),
+        ),
     )
 }
 

@@ -11,6 +11,7 @@ from typing import Any, Self
 
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal
+from domain.programs import Program, ProgramAggregate
 from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
 
 
@@ -19,6 +20,7 @@ class InMemoryDatabase:
     """What fake transactions share. `commits` is every record written, oldest first."""
 
     plans: dict[tuple[str, str], CarePlanAggregate] = field(default_factory=dict)
+    programs: dict[tuple[str, str], Program] = field(default_factory=dict)
     outcomes: dict[tuple[str, uuid.UUID], StoredOutcome] = field(default_factory=dict)
     commits: list[CommitRecord] = field(default_factory=list)
 
@@ -68,6 +70,18 @@ class InMemoryTransaction:
                 return plan_id
         return None
 
+    async def load_program(self, program_id: str) -> ProgramAggregate | None:
+        stored = self._database.programs.get((self.tenant_id, program_id))
+        return None if stored is None else ProgramAggregate(copy.deepcopy(stored))
+
+    async def latest_program_version(self, name: str) -> int:
+        versions = [
+            int(p.program_version)
+            for (tenant_id, _), p in self._database.programs.items()
+            if tenant_id == self.tenant_id and p.name == name
+        ]
+        return max(versions, default=0)
+
     async def plan_patient(self, plan_id: str) -> str | None:
         stored = self._database.plans.get((self.tenant_id, plan_id))
         return None if stored is None else stored.plan.patient_id
@@ -113,6 +127,10 @@ class InMemoryTransaction:
                 aggregate = plans[(self.tenant_id, entity.plan_id)]
                 _check_version(aggregate.care_team.version if aggregate.care_team else 0, entity.version)
                 aggregate.care_team = entity
+            case Program():
+                old_program = self._database.programs.get((self.tenant_id, entity.id))
+                _check_version(old_program.version if old_program else 0, entity.version)
+                self._database.programs[(self.tenant_id, entity.id)] = entity
             case _:
                 raise TypeError(type(entity).__name__)
 

@@ -1,0 +1,132 @@
+"""Care programs through the real service (CONTRACT §10): define, change a draft, publish, over NATS;
+stored as a PlanDefinition with its history, events and Provenance; permissions; bad input writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.fhir_validation import validate_resource
+from service.client import envelope, send_command
+from service.runner import RunningService
+from tests.conftest import TokenFactory
+from tests.integration.helpers import count_rows
+from tests.outbox_ledger import OUTBOX_LEDGER
+
+AUTHOR = ["program-author"]
+PROGRAM: dict[str, Any] = {
+    "name": "type-2-diabetes",
+    "title": "Type 2 diabetes",
+    "goals": [{"key": "a1c", "description": {"text": "HbA1c below 7 %"}}],
+    "activities": [
+        {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"}
+    ],
+}
+
+
+async def test_define_update_and_publish_a_program_version(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    token = token_for(tenant, roles=AUTHOR)
+    defined = await send_command(nc, "program.define", envelope(PROGRAM), token=token)
+    assert defined["ok"] is True, defined
+    assert defined["status"] == 201
+    program_id = defined["result"]["id"]
+    updated = await send_command(
+        nc,
+        "program.update",
+        envelope(
+            {"program_id": program_id, "changes": {"title": "Type 2 diabetes, adults"}}, expected_version=1
+        ),
+        token=token,
+    )
+    assert updated["ok"] is True, updated
+    published = await send_command(
+        nc, "program.change_status", envelope({"program_id": program_id, "status": "active"}), token=token
+    )
+    assert published["ok"] is True, published
+    assert published["result"]["version"] == 3
+
+    async with admin_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT name, program_version, status, url, resource::text FROM plan_definitions "
+                    "WHERE tenant_id = :t AND id = :i"
+                ),
+                {"t": tenant, "i": program_id},
+            )
+        ).one()
+        history = (
+            await conn.execute(
+                text(
+                    "SELECT version FROM resource_history WHERE tenant_id = :t AND resource_type = "
+                    "'PlanDefinition' AND resource_id = :i ORDER BY version"
+                ),
+                {"t": tenant, "i": program_id},
+            )
+        ).all()
+        subjects = (
+            await conn.execute(
+                text(f"SELECT subject FROM {OUTBOX_LEDGER} WHERE tenant_id = :t ORDER BY id"), {"t": tenant}
+            )
+        ).all()
+    name, program_version, status, url, resource = row
+    assert (name, program_version, status) == ("type-2-diabetes", "1", "active")
+    assert url.endswith(f"/{tenant}/type-2-diabetes")
+    stored = orjson.loads(resource)
+    validate_resource(stored)
+    assert (stored["title"], stored["status"], stored["meta"]["versionId"]) == (
+        "Type 2 diabetes, adults",
+        "active",
+        "3",
+    )
+    assert [v for (v,) in history] == [1, 2, 3]
+    events = [s for (s,) in subjects if s.startswith("careplan.evt.")]
+    assert events == [f"careplan.evt.{tenant}.program.{e}" for e in ("defined", "updated", "published")]
+    assert await count_rows(admin_engine, "provenance", tenant) == 3
+
+
+async def test_a_second_define_of_the_name_is_version_2(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    token = token_for(tenant, roles=AUTHOR)
+    first = await send_command(nc, "program.define", envelope(PROGRAM), token=token)
+    second = await send_command(
+        nc, "program.define", envelope(PROGRAM | {"revises": first["result"]["id"]}), token=token
+    )
+    assert second["ok"] is True, second
+    assert second["status"] == 201
+
+
+async def test_a_clinician_may_not_author_programs_and_nothing_is_written(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    reply = await send_command(nc, "program.define", envelope(PROGRAM), token=token_for(tenant))
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "FORBIDDEN"
+    assert await count_rows(admin_engine, "plan_definitions", tenant) == 0
+
+
+async def test_bad_program_content_is_a_validation_error_with_its_path(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    token = token_for(tenant, roles=AUTHOR)
+    cases = {
+        "data.activities.0.goal_keys.0": PROGRAM
+        | {"activities": [{"key": "lab", "description": "x", "goal_keys": ["weight"]}]},
+        "data.activities.0.key": PROGRAM | {"activities": [{"key": "a1c", "description": "x"}]},
+        "data.activities.0.start_after": PROGRAM
+        | {"activities": [{"key": "lab", "description": "x", "start_after": "3 months"}]},
+    }
+    for path, data in cases.items():
+        reply = await send_command(nc, "program.define", envelope(data), token=token)
+        assert reply["ok"] is False, path
+        assert reply["error"]["code"] == "VALIDATION_ERROR", reply
+        assert path in orjson.dumps(reply["error"]).decode(), reply
+    assert await count_rows(admin_engine, "plan_definitions", tenant) == 0
+    assert await count_rows(admin_engine, "resource_history", tenant) == 0
