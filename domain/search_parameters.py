@@ -13,7 +13,7 @@ from typing import Any
 JSON = dict[str, Any]
 
 TOKEN, REFERENCE, DATE, STRING, URI = "token", "reference", "date", "string", "uri"
-SEARCHABLE_TYPES = ("CarePlan", "Goal", "Task", "CareTeam")
+SEARCHABLE_TYPES = ("CarePlan", "Goal", "Task", "CareTeam", "PlanDefinition")
 R4 = "http://hl7.org/fhir/SearchParameter/"
 US_CORE = "http://hl7.org/fhir/us/core/SearchParameter/"
 
@@ -26,6 +26,7 @@ CODE_SYSTEMS = {
     ("Task", "intent"): "http://hl7.org/fhir/task-intent",
     ("Task", "priority"): "http://hl7.org/fhir/request-priority",
     ("CareTeam", "status"): "http://hl7.org/fhir/care-team-status",
+    ("PlanDefinition", "status"): "http://hl7.org/fhir/publication-status",
 }
 
 
@@ -147,6 +148,12 @@ PARAMETERS: tuple[SearchParameter, ...] = (
     _p("CareTeam", "status", TOKEN, "status"),
     _p("CareTeam", "subject", REFERENCE, "subject", "Patient", "Group"),
     _p("CareTeam", "role", TOKEN, "participant.role", us_core=True),
+    # PlanDefinition: care programs (CONTRACT §10)
+    _p("PlanDefinition", "name", STRING, "name"),
+    _p("PlanDefinition", "status", TOKEN, "status"),
+    _p("PlanDefinition", "title", STRING, "title"),
+    _p("PlanDefinition", "url", URI, "url"),
+    _p("PlanDefinition", "version", TOKEN, "version"),
 )
 BY_TYPE: dict[str, dict[str, SearchParameter]] = {
     resource_type: {p.code: p for p in PARAMETERS if p.resource_type == resource_type}

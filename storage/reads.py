@@ -70,7 +70,13 @@ async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterat
         raise
 
 
-READABLE_TABLES = {"CarePlan": "care_plans", "Goal": "goals", "Task": "tasks", "CareTeam": "care_teams"}
+READABLE_TABLES = {
+    "CarePlan": "care_plans",
+    "Goal": "goals",
+    "Task": "tasks",
+    "CareTeam": "care_teams",
+    "PlanDefinition": "plan_definitions",
+}
 
 
 async def read_resource(

@@ -28,7 +28,7 @@ INDEX_OF_TYPE[URI] = "search_string"
 
 
 # Types whose table holds the FHIR `status` as a column of its own (storage.aggregates writes it).
-STATUS_COLUMN = frozenset({"CarePlan", "Task", "CareTeam"})
+STATUS_COLUMN = frozenset({"CarePlan", "Task", "CareTeam", "PlanDefinition"})
 
 
 class Sql:

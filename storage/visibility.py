@@ -1,9 +1,9 @@
 """What a patient token may see (CONTRACT §6), stated once as SQL and used by every read path: read,
 search, `_include`/`_revinclude`, vread, history and Provenance.
 
-A patient sees resources about themselves only (Task: `for`; the row's `patient_id`), and nothing of a
-plan that is not, or never was, real (`draft`, `entered-in-error`): not the plan, nor its goals,
-activities and care team, nor the audit of any of them. The fragments take the placeholders of the
+A patient sees resources about themselves only (Task: `for`; the row's `patient_id`), no PlanDefinition,
+and nothing of a plan that is not, or never was, real (`draft`, `entered-in-error`): not the plan, nor
+its goals, activities and care team, nor the audit of any of them. The fragments take the placeholders of the
 caller's statement style (`$2`, `:p3`, `:patient`), so one rule serves the driver, the search compiler
 and SQLAlchemy alike.
 """
@@ -18,6 +18,8 @@ PLAN_PARTS = {"Goal": "goals", "Task": "tasks", "CareTeam": "care_teams"}
 def visible_to_patient(resource_type: str, alias: str, patient: str, hidden: str) -> str:
     """The current row `alias` of `resource_type` is the patient's and its plan is not hidden.
     `patient` and `hidden` are placeholders for the patient id and for HIDDEN_FROM_PATIENTS (a text[])."""
+    if resource_type == "PlanDefinition":  # a program is no patient's: patients see none (CONTRACT §10)
+        return f"(false AND CAST({patient} AS text) IS NULL AND CAST({hidden} AS text[]) IS NULL)"
     about_patient = f"{alias}.patient_id = {patient}"
     if resource_type == "CarePlan":
         return f"({about_patient} AND {alias}.status <> ALL({hidden}))"

@@ -14,6 +14,7 @@ from schemas.fhir_validation import validate_resource
 from service.client import envelope, send_command
 from service.runner import RunningService
 from tests.conftest import TokenFactory
+from tests.integration.fhir_client import fhir_get, ids
 from tests.integration.helpers import count_rows
 from tests.outbox_ledger import OUTBOX_LEDGER
 
@@ -130,3 +131,60 @@ async def test_bad_program_content_is_a_validation_error_with_its_path(
         assert path in orjson.dumps(reply["error"]).decode(), reply
     assert await count_rows(admin_engine, "plan_definitions", tenant) == 0
     assert await count_rows(admin_engine, "resource_history", tenant) == 0
+
+
+async def published_program(nc: NatsClient, token: str, data: dict[str, Any] = PROGRAM) -> str:
+    defined = await send_command(nc, "program.define", envelope(data), token=token)
+    program_id: str = defined["result"]["id"]
+    published = await send_command(
+        nc, "program.change_status", envelope({"program_id": program_id, "status": "active"}), token=token
+    )
+    assert published["ok"] is True, published
+    return program_id
+
+
+async def test_plan_definitions_are_read_vread_history_and_search(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    token = token_for(tenant, roles=AUTHOR)
+    program_id = await published_program(nc, token)
+    other_id = await published_program(nc, token, PROGRAM | {"name": "copd", "title": "COPD"})
+    reader = token_for(tenant)  # a clinician reads programs; only authors write them
+    base = f"{service.http_url}/fhir/PlanDefinition"
+
+    status, resource = await fhir_get(f"{base}/{program_id}", reader)
+    assert status == 200
+    validate_resource(resource)
+    assert (resource["status"], resource["meta"]["versionId"]) == ("active", "2")
+    status, first = await fhir_get(f"{base}/{program_id}/_history/1", reader)
+    assert (status, first["status"]) == (200, "draft")
+    status, history = await fhir_get(f"{base}/{program_id}/_history", reader)
+    assert status == 200 and [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+
+    url = resource["url"]
+    searches = {
+        "url": ({"url": url}, [program_id]),
+        "version": ({"url": url, "version": "1"}, [program_id]),
+        "name": ({"name": "copd"}, [other_id]),
+        "title": ({"title": "type 2"}, [program_id]),
+        "status": ({"status": "active", "_sort": "name"}, [other_id, program_id]),
+        "nothing": ({"status": "retired"}, []),
+    }
+    for what, (params, expected) in searches.items():
+        status, bundle = await fhir_get(base, reader, params=params)
+        assert status == 200, (what, bundle)
+        assert ids(bundle) == expected, what
+
+
+async def test_patients_and_other_tenants_see_no_plan_definition(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    program_id = await published_program(nc, token_for(tenant, roles=AUTHOR))
+    base = f"{service.http_url}/fhir/PlanDefinition"
+    patient = token_for(tenant, roles=["patient"], patient_id="p1")
+    stranger = token_for(f"{tenant}x", roles=AUTHOR)
+    for token in (patient, stranger):
+        assert (await fhir_get(f"{base}/{program_id}", token))[0] == 404
+        assert (await fhir_get(f"{base}/{program_id}/_history/1", token))[0] == 404
+        status, bundle = await fhir_get(base, token, params={"status": "active"})
+        assert status == 200 and ids(bundle) == []
