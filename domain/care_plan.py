@@ -158,6 +158,30 @@ class CarePlanAggregate:
         aggregate._new_version("CarePlan", plan, now, "careplan.created")
         return aggregate
 
+    def add_enrolled(
+        self, goals: list[Goal], activities: list[Activity], *, now: datetime, data: dict[str, Any]
+    ) -> None:
+        """The goals and activities of a new plan's program (CONTRACT §10), in the command that made the
+        plan: each its `*.added` event, and the plan's `careplan.enrolled` (with `data`) instead of an
+        update per item."""
+        for goal in goals:
+            check_initial("lifecycle_status", GOAL_AT_CREATE, goal.lifecycle_status)
+            goal.plan_id, goal.patient_id = self.plan.id, self.plan.patient_id
+            goal.version, goal.created, goal.last_updated, goal.status_date = 0, now, now, now.date()
+            self.goals[goal.id] = goal
+            self._new_version("Goal", goal, now, "goal.added")
+        for activity in activities:
+            check_initial("status", TASK_AT_CREATE, activity.status)
+            if any(goal_id not in self.goals for goal_id in activity.goal_ids):
+                raise InvalidValue("goal_ids", "an enrolled activity names a goal of another plan")
+            activity.plan_id, activity.patient_id = self.plan.id, self.plan.patient_id
+            activity.version, activity.created, activity.last_updated = 0, now, now
+            self.activities[activity.id] = activity
+            self._new_version("Task", activity, now, "activity.added")
+        self.plan.goal_ids = (*self.plan.goal_ids, *(g.id for g in goals))
+        self.plan.activity_ids = (*self.plan.activity_ids, *(a.id for a in activities))
+        self._new_version("CarePlan", self.plan, now, "careplan.enrolled", data)
+
     def update(self, changes: Mapping[str, object], *, expected_version: int | None, now: datetime) -> None:
         """Merge-patch of the plan's content (not its status); a patch that changes nothing is no version."""
         check_version(self.plan, expected_version, required=True)

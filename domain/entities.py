@@ -55,6 +55,7 @@ class CarePlan(Versioned):
     activity_ids: tuple[str, ...] = ()
     care_team_id: str | None = None
     status_reason: str | None = None
+    instantiates: tuple[str, ...] = ()  # canonical `<url>|<version>` of the program it was enrolled in
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +104,7 @@ class Goal(Versioned):
     addresses: tuple[CodeableConcept, ...] = ()
     notes: tuple[Note, ...] = ()
     status_reason: str | None = None
+    program_key: str | None = None  # the program goal it was made from (CONTRACT §10); None: by hand
 
 
 @dataclass(slots=True, kw_only=True)
@@ -128,6 +130,7 @@ class Activity(Versioned):
     outcome: CodeableConcept | None = None
     is_review: bool = False
     held_by_plan: bool = False  # put on hold because the plan was; resumed when the plan is
+    program_key: str | None = None  # the program activity it was made from (CONTRACT §10); None: by hand
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

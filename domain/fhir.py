@@ -110,6 +110,8 @@ def render_care_plan(plan: CarePlan) -> JSON:
             sub.append({"url": "lastOutcome", "valueCode": review.last_outcome})
         if sub:
             resource["extension"] = [{"url": REVIEW_EXTENSION, "extension": sub}]
+    if plan.instantiates:
+        resource["instantiatesCanonical"] = list(plan.instantiates)
     resource["status"] = plan.status.value
     resource["intent"] = plan.intent.value
     resource["category"] = [render_codeable_concept(c) for c in categories]
@@ -151,6 +153,8 @@ def render_goal(goal: Goal) -> JSON:
             ]
         ),
     }
+    if goal.program_key is not None:
+        resource["extension"] = [{"url": PROGRAM_KEY_EXTENSION, "valueId": goal.program_key}]
     resource["lifecycleStatus"] = goal.lifecycle_status.value
     if goal.achievement_status is not None:
         code = goal.achievement_status.value
@@ -234,6 +238,8 @@ def render_task(activity: Activity) -> JSON:
     ]
     if activity.kind:
         extensions.append({"url": ACTIVITY_KIND_EXTENSION, "valueCode": activity.kind})
+    if activity.program_key is not None:
+        extensions.append({"url": PROGRAM_KEY_EXTENSION, "valueId": activity.program_key})
     if extensions:
         resource["extension"] = extensions
     plan_ref = {"reference": f"CarePlan/{activity.plan_id}"}

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from domain.care_plan import check_version
-from domain.entities import TargetDetail, Versioned
+from domain.entities import Activity, Goal, GoalTarget, TargetDetail, Versioned
 from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
 from domain.events import DomainEvent
 from domain.statuses import GoalAchievement, GoalLifecycleStatus, TaskStatus
-from domain.values import CodeableConcept
+from domain.values import CodeableConcept, Period
 
 KEY = re.compile(r"[a-z0-9-]{1,64}")
 NAME = re.compile(r"[a-z0-9-]{1,64}")
@@ -274,8 +274,11 @@ class ProgramAggregate:
         self.program.check_status_change(to)
         before = self.program.status
         self.program.status = to
-        event = "program.published" if to is PublicationStatus.ACTIVE else "program.retired"
-        self._new_version(now, event, {"from": before.value, "to": to.value, "reason": reason})
+        data = {"from": before.value, "to": to.value, "reason": reason}
+        if to is PublicationStatus.ACTIVE:
+            self._new_version(now, "program.published", data)
+        else:
+            self._new_version(now, "program.retired", data)
 
     def changed(self) -> list[tuple[str, Versioned]]:
         return [("PlanDefinition", self.program)] if self._changed else []
@@ -399,3 +402,93 @@ def _keys(old: ProgramContent, new: ProgramContent) -> Iterable[str]:
     for content in (old, new):
         ordered |= dict.fromkeys(a.key for a in content.activities)
     return ordered
+
+
+# --- enrolment ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enrolment:
+    """What a new plan made from `program` holds: its goals and activities, each tied to its key."""
+
+    goals: list[Goal]
+    activities: list[Activity]
+
+
+def enrolment(
+    program: Program,
+    *,
+    start: date,
+    plan_active: bool,
+    new_id: Callable[[], str],
+    skip: frozenset[str] = frozenset(),
+    owners: Mapping[str, str] | None = None,
+) -> Enrolment:
+    """The program's goals (target due dates = start + `due_after`) and activities (scheduled from
+    `start_after`, lasting `duration`, owned as `owners` says), minus the keys in `skip`. An active
+    plan's goals are active and its tasks requested; a draft's are proposed and draft. Keys not in the
+    program, in `skip` or `owners`, are refused: a typo would otherwise enrol silently."""
+    content = program.content
+    keys = {g.key for g in content.goals} | {a.key for a in content.activities}
+    for field_name, named in (("skip", sorted(skip)), ("owners", sorted(owners or {}))):
+        for key in named:
+            if key not in keys:
+                raise InvalidValue(f"data.{field_name}.{key}", f"{program.canonical} has no key {key!r}")
+    goal_ids: dict[str, str] = {}
+    goals: list[Goal] = []
+    for goal in content.goals:
+        if goal.key in skip:
+            continue
+        goal_ids[goal.key] = new_id()
+        goals.append(
+            Goal(
+                id=goal_ids[goal.key],
+                version=0,
+                created=_EPOCH,
+                last_updated=_EPOCH,
+                plan_id="",
+                patient_id="",
+                description=goal.description,
+                lifecycle_status=GoalLifecycleStatus.ACTIVE if plan_active else GoalLifecycleStatus.PROPOSED,
+                status_date=start,
+                priority=goal.priority,
+                start_date=start,
+                targets=tuple(
+                    GoalTarget(
+                        measure=t.measure,
+                        detail=t.detail,
+                        due_date=t.due_after.after(start) if t.due_after else None,
+                    )
+                    for t in goal.targets
+                ),
+                program_key=goal.key,
+            )
+        )
+    activities: list[Activity] = []
+    for template in content.activities:
+        if template.key in skip:
+            continue
+        begins, ends = template.window(start)
+        activities.append(
+            Activity(
+                id=new_id(),
+                version=0,
+                created=_EPOCH,
+                last_updated=_EPOCH,
+                plan_id="",
+                patient_id="",
+                description=template.description,
+                status=TaskStatus.REQUESTED if plan_active else TaskStatus.DRAFT,
+                code=template.code,
+                kind=template.kind,
+                goal_ids=tuple(goal_ids[k] for k in template.goal_keys if k in goal_ids),
+                owner_id=(owners or {}).get(template.key),
+                priority=template.priority,
+                scheduled=Period(start=begins, end=ends),
+                program_key=template.key,
+            )
+        )
+    return Enrolment(goals=goals, activities=activities)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # replaced by the aggregate when the items are added

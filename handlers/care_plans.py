@@ -42,7 +42,7 @@ async def create_care_plan(data: CarePlanCreate, ctx: CommandContext, uow: UnitO
         review=translate.review(data.review),
         notes=translate.notes(data.notes),
     )
-    _ensure_encounter_checked(ctx, None, aggregate.plan)
+    ensure_encounter_checked(ctx, None, aggregate.plan)
     uow.add(aggregate)
     await uow.commit(result("CarePlan", aggregate.plan, created=True))
 
@@ -63,7 +63,7 @@ async def update_care_plan(data: CarePlanUpdate, ctx: CommandContext, uow: UnitO
         },
     )
     aggregate.update(changes, expected_version=ctx.expected_version, now=ctx.now)
-    _ensure_encounter_checked(ctx, encounter_before, aggregate.plan)
+    ensure_encounter_checked(ctx, encounter_before, aggregate.plan)
     await uow.commit(result("CarePlan", aggregate.plan))
 
 
@@ -101,7 +101,7 @@ async def complete_review(data: CarePlanCompleteReview, ctx: CommandContext, uow
     await uow.commit(result("CarePlan", aggregate.plan))
 
 
-def _ensure_encounter_checked(ctx: CommandContext, encounter_before: str | None, plan: CarePlan) -> None:
+def ensure_encounter_checked(ctx: CommandContext, encounter_before: str | None, plan: CarePlan) -> None:
     """Scheduling confirmed a new encounter as the patient's before the transaction. The plan as locked
     now must pair the same two; if not, the check was of another state of the plan (changed meanwhile),
     so the command is retried, and checked again."""

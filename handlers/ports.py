@@ -121,6 +121,11 @@ class Transaction(Protocol):
         """A program version (CONTRACT §10), its row locked until commit."""
         ...
 
+    async def find_program(self, name: str, program_version: str | None) -> ProgramAggregate | None:
+        """Version `program_version` of the program `name`, or its newest active version when None;
+        held (FOR SHARE) so that it is not retired under an enrolment."""
+        ...
+
     async def latest_program_version(self, name: str) -> int:
         """The highest business version of the program `name` (0 if none), the name locked until commit:
         defines of one name number their versions in turn."""

@@ -1,12 +1,16 @@
-"""Use cases of care programs (CONTRACT §10): define a version, change a draft, publish or retire it."""
+"""Use cases of care programs (CONTRACT §10): define a version, change a draft, publish or retire it, and
+enrol a patient."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from domain.errors import InvalidValue
+from domain.care_plan import CarePlanAggregate
+from domain.entities import ReviewState
+from domain.errors import InvalidTransition, InvalidValue
 from domain.programs import (
     ActivityTemplate,
     Duration,
@@ -15,8 +19,12 @@ from domain.programs import (
     ProgramContent,
     PublicationStatus,
     TargetTemplate,
+    enrolment,
 )
+from domain.statuses import CarePlanStatus
+from domain.values import Period
 from handlers import translate
+from handlers.care_plans import ensure_encounter_checked
 from handlers.context import CommandContext, result
 from handlers.unit_of_work import UnitOfWork
 from schemas import commands as wire
@@ -134,3 +142,59 @@ def _activity(activity: wire.ProgramActivityIn, path: str) -> ActivityTemplate:
         start_after=_duration(activity.start_after, f"{path}.start_after"),
         duration=_duration(activity.duration, f"{path}.duration"),
     )
+
+
+async def enroll(data: wire.CarePlanEnroll, ctx: CommandContext, uow: UnitOfWork) -> None:
+    """`careplan.enroll`: one transaction makes the CarePlan, its Goals and its Tasks from an active
+    program version, each item tied to its key; the events are the single commands' `*.added` ones,
+    `careplan.created` and `careplan.enrolled`."""
+    found = await uow.program_to_enrol(data.program)
+    program = found.program
+    if program.status is not PublicationStatus.ACTIVE:
+        raise InvalidTransition(
+            field="program",
+            from_=program.status.value,
+            to="enrolled",
+            allowed=(PublicationStatus.ACTIVE.value,),
+        )
+    content = program.content
+    start = data.start or ctx.now.date()
+    aggregate = CarePlanAggregate.create(
+        plan_id=str(ctx.new_id()),
+        patient_id=data.patient_id,
+        title=data.title or content.title,
+        now=ctx.now,
+        status=CarePlanStatus(data.status),
+        description=content.description,
+        encounter_id=data.encounter_id,
+        author_id=data.author_id,
+        categories=content.categories,
+        addresses=content.addresses,
+        period=Period(start=start),
+        review=(
+            ReviewState(
+                interval_days=content.review_interval_days,
+                next_due=start + timedelta(days=content.review_interval_days),
+            )
+            if content.review_interval_days
+            else None
+        ),
+        instantiates=(program.canonical,),
+    )
+    items = enrolment(
+        program,
+        start=start,
+        plan_active=data.status == "active",
+        new_id=lambda: str(ctx.new_id()),
+        skip=frozenset(data.skip),
+        owners=data.owners,
+    )
+    aggregate.add_enrolled(
+        items.goals,
+        items.activities,
+        now=ctx.now,
+        data={"program": program.url, "version": program.program_version, "program_id": program.id},
+    )
+    ensure_encounter_checked(ctx, None, aggregate.plan)
+    uow.add(aggregate)
+    await uow.commit(result("CarePlan", aggregate.plan, created=True))

@@ -213,6 +213,16 @@ _STANDARD = (
         version_target="care team",
     ),
     CommandSpec(
+        "careplan.enroll",
+        wire.CarePlanEnroll,
+        _P.CAREPLAN_WRITE,
+        programs.enroll,
+        HttpRoute("POST", f"{API_PREFIX}/care-plans/enrolments", "Enrol a patient in a care program"),
+        ("careplan.created", "careplan.enrolled", "goal.added", "activity.added"),
+        VersionCheck.NONE,
+        None,
+    ),
+    CommandSpec(
         "program.define",
         wire.ProgramDefine,
         _P.PROGRAM_WRITE,

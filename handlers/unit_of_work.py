@@ -85,6 +85,14 @@ class UnitOfWork:
             self._programs[program_id] = aggregate
         return self._programs[program_id]
 
+    async def program_to_enrol(self, program: str) -> ProgramAggregate:
+        """`<name>` (its newest active version) or `<name>|<version>`: NOT_FOUND when there is none."""
+        name, _, version = program.partition("|")
+        aggregate = await self._transaction.find_program(name, version or None)
+        if aggregate is None:
+            raise NotFound("PlanDefinition", program)
+        return aggregate
+
     async def next_program_version(self, name: str) -> str:
         """The business version a new version of `name` takes ("1" for a new name)."""
         return str(await self._transaction.latest_program_version(name) + 1)

@@ -225,6 +225,19 @@ def _plan_create(d: wire.CarePlanCreate) -> References:
     )
 
 
+def _enroll(d: wire.CarePlanEnroll) -> References:
+    """As a create: the patient, encounter and author, and every activity owner (the program's codes were
+    checked when it was defined)."""
+    return References(
+        patient=Mention("data.patient_id", d.patient_id),
+        encounter=Mention("data.encounter_id", d.encounter_id) if d.encounter_id else None,
+        practitioners=(
+            *_id("data.author_id", d.author_id),
+            *(Mention(f"data.owners.{key}", owner) for key, owner in sorted(d.owners.items())),
+        ),
+    )
+
+
 def _plan_update(d: wire.CarePlanUpdate) -> References:
     c, path = d.changes, "data.changes"
     return References(
@@ -287,6 +300,7 @@ def _extractor(
 _EXTRACTORS: dict[type[BaseModel], Callable[[Any], References]] = dict(
     [
         _extractor(wire.CarePlanCreate, _plan_create),
+        _extractor(wire.CarePlanEnroll, _enroll),
         _extractor(wire.CarePlanUpdate, _plan_update),
         _extractor(wire.CarePlanRequestReview, _request_review),
         _extractor(wire.CarePlanCompleteReview, _complete_review),

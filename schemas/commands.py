@@ -405,3 +405,18 @@ class ProgramChangeStatus(WireModel):
     program_id: FhirId
     status: Literal["active", "retired"]
     reason: Reason | None = None
+
+
+class CarePlanEnroll(WireModel):
+    """`careplan.enroll`: a CarePlan with its Goals and Tasks from a published program version."""
+
+    patient_id: FhirId
+    # `<name>` (its newest active version) or `<name>|<version>`
+    program: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}(\|[1-9][0-9]{0,8})?$")]
+    start: date | None = None
+    encounter_id: FhirId | None = None
+    author_id: FhirId | None = None
+    status: Literal["draft", "active"] = "active"
+    title: ShortText | None = None
+    skip: list[ProgramKey] = Field(default_factory=list, max_length=150)
+    owners: dict[ProgramKey, FhirId] = Field(default_factory=dict, max_length=100)

@@ -64,6 +64,11 @@ EVENTS: dict[str, str] = {
     "careteam.member_added": "careteam.add_member; data adds member_id.",
     "careteam.member_updated": "careteam.update_member; data adds member_id.",
     "careteam.member_removed": "careteam.remove_member; data adds member_id.",
+    "careplan.enrolled": "careplan.enroll made the plan from a program; data adds program (url), version.",
+    "program.defined": "program.define made a draft program version (PlanDefinition).",
+    "program.updated": "program.update changed a draft program version.",
+    "program.published": "program.change_status to active; data adds from, to, reason.",
+    "program.retired": "program.change_status to retired; data adds from, to, reason.",
     "metrics.goal_achievement": "Scheduler, per tenant and period: goal counts by status (no resource).",
 }
 

@@ -177,6 +177,30 @@ async def load_program(conn: asyncpg.Connection, tenant_id: str, program_id: str
     return ProgramAggregate(program)
 
 
+_PROGRAM_VERSION = (
+    "SELECT state::text FROM plan_definitions WHERE tenant_id = $1 AND name = $2 AND program_version = $3 "
+    "FOR SHARE"
+)
+_NEWEST_ACTIVE = (
+    "SELECT state::text FROM plan_definitions WHERE tenant_id = $1 AND name = $2 AND status = 'active' "
+    "ORDER BY program_version::int DESC LIMIT 1 FOR SHARE"
+)
+
+
+async def find_program(
+    conn: asyncpg.Connection, tenant_id: str, name: str, program_version: str | None
+) -> ProgramAggregate | None:
+    """A version of `name` (its newest active one when `program_version` is None), held against change."""
+    if program_version is None:
+        state = await conn.fetchval(_NEWEST_ACTIVE, tenant_id, name)
+    else:
+        state = await conn.fetchval(_PROGRAM_VERSION, tenant_id, name, program_version)
+    if state is None:
+        return None
+    program: Program = _STATE["PlanDefinition"].validate_json(state)
+    return ProgramAggregate(program)
+
+
 async def latest_program_version(conn: asyncpg.Connection, tenant_id: str, name: str) -> int:
     """The highest business version of `name` (0 for a new name), the name locked until commit."""
     await conn.execute(_NAME_LOCK, tenant_id, name)

@@ -100,6 +100,9 @@ class SqlTransaction:
     async def load_program(self, program_id: str) -> ProgramAggregate | None:
         return await aggregates.load_program(self.db, self.tenant_id, program_id)
 
+    async def find_program(self, name: str, program_version: str | None) -> ProgramAggregate | None:
+        return await aggregates.find_program(self.db, self.tenant_id, name, program_version)
+
     async def latest_program_version(self, name: str) -> int:
         return await aggregates.latest_program_version(self.db, self.tenant_id, name)
 

@@ -188,3 +188,68 @@ async def test_patients_and_other_tenants_see_no_plan_definition(
         assert (await fhir_get(f"{base}/{program_id}/_history/1", token))[0] == 404
         status, bundle = await fhir_get(base, token, params={"status": "active"})
         assert status == 200 and ids(bundle) == []
+
+
+async def test_enrolment_makes_a_plan_with_its_goals_and_tasks_in_one_transaction(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    await published_program(nc, token_for(tenant, roles=AUTHOR))
+    clinician = token_for(tenant)
+    reply = await send_command(
+        nc,
+        "careplan.enroll",
+        envelope({"patient_id": "p1", "program": "type-2-diabetes", "start": "2027-01-04"}),
+        token=clinician,
+    )
+    assert reply["ok"] is True, reply
+    assert reply["status"] == 201
+    plan_id = reply["result"]["id"]
+    status, plan = await fhir_get(f"{service.http_url}/fhir/CarePlan/{plan_id}", clinician)
+    assert status == 200
+    assert plan["instantiatesCanonical"][0].endswith(f"/{tenant}/type-2-diabetes|1")
+    (task_ref,) = plan["activity"]
+    status, task = await fhir_get(f"{service.http_url}/fhir/{task_ref['reference']['reference']}", clinician)
+    assert status == 200
+    assert task["restriction"]["period"]["start"] == "2027-03-29"  # P12W after the start
+    assert {
+        "url": "https://care-plan-service.dev/fhir/StructureDefinition/program-key",
+        "valueId": "a1c-lab",
+    } in (task["extension"])
+    async with admin_engine.connect() as conn:
+        subjects = [
+            s
+            for (s,) in await conn.execute(
+                text(f"SELECT subject FROM {OUTBOX_LEDGER} WHERE tenant_id = :t ORDER BY id"), {"t": tenant}
+            )
+        ]
+        transactions = await conn.scalar(
+            text(
+                "SELECT count(DISTINCT command_id) FROM resource_history "
+                "WHERE tenant_id = :t AND resource_type <> 'PlanDefinition'"
+            ),
+            {"t": tenant},
+        )
+    enrolled = [s.removeprefix(f"careplan.evt.{tenant}.") for s in subjects if ".program." not in s]
+    assert sorted(e for e in enrolled if not e.startswith("careplan.audit")) == sorted(
+        ["careplan.created", "careplan.enrolled", "goal.added", "activity.added"]
+    )
+    assert transactions == 1  # the plan, its goal and its task: one command, one commit
+
+
+async def test_enrolling_into_a_draft_program_is_refused_and_writes_nothing(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    await send_command(nc, "program.define", envelope(PROGRAM), token=token_for(tenant, roles=AUTHOR))
+    reply = await send_command(
+        nc,
+        "careplan.enroll",
+        envelope({"patient_id": "p1", "program": "type-2-diabetes|1"}),
+        token=token_for(tenant),
+    )
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "INVALID_TRANSITION", reply
+    unknown = await send_command(
+        nc, "careplan.enroll", envelope({"patient_id": "p1", "program": "copd"}), token=token_for(tenant)
+    )
+    assert unknown["error"]["code"] == "NOT_FOUND", unknown
+    assert await count_rows(admin_engine, "care_plans", tenant) == 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from domain import care_plan
+from domain import care_plan, programs
 from handlers import scheduler
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, COMMAND_SUBJECTS
 from handlers.queries import QUERY_SUBJECT
@@ -86,11 +86,15 @@ def test_every_versioned_command_says_whose_version_it_checks(document: dict[str
 
 def test_every_event_the_domain_can_emit_has_a_channel(document: dict[str, Any]) -> None:
     # given the event names the aggregate and the scheduler can emit
-    emitted = _event_names_in(care_plan) | {
-        scheduler.GOAL_OVERDUE,
-        scheduler.REVIEW_DUE,
-        scheduler.GOAL_ACHIEVEMENT,
-    }
+    emitted = (
+        _event_names_in(care_plan)
+        | _event_names_in(programs)
+        | {
+            scheduler.GOAL_OVERDUE,
+            scheduler.REVIEW_DUE,
+            scheduler.GOAL_ACHIEVEMENT,
+        }
+    )
     # then each has its channel, and the document lists no event that nothing emits
     documented = {
         key.removeprefix("careplan.")

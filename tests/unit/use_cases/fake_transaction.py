@@ -74,6 +74,18 @@ class InMemoryTransaction:
         stored = self._database.programs.get((self.tenant_id, program_id))
         return None if stored is None else ProgramAggregate(copy.deepcopy(stored))
 
+    async def find_program(self, name: str, program_version: str | None) -> ProgramAggregate | None:
+        versions = [
+            p
+            for (tenant_id, _), p in self._database.programs.items()
+            if tenant_id == self.tenant_id
+            and p.name == name
+            and (p.program_version == program_version if program_version else p.status.value == "active")
+        ]
+        if not versions:
+            return None
+        return ProgramAggregate(copy.deepcopy(max(versions, key=lambda p: int(p.program_version))))
+
     async def latest_program_version(self, name: str) -> int:
         versions = [
             int(p.program_version)

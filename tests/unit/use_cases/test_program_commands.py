@@ -145,3 +145,104 @@ async def test_publish_then_retire_and_a_published_version_never_changes() -> No
     assert [e[0] for e in retired.events] == ["program.retired"]
     with pytest.raises(InvalidTransition):
         await clinic.run("program.change_status", {"program_id": program_id, "status": "active"})
+
+
+# --- enrolment ---
+
+
+async def active_program(clinic: Clinic) -> str:
+    program_id = await define(clinic)
+    await clinic.run("program.change_status", {"program_id": program_id, "status": "active"})
+    return program_id
+
+
+async def test_enrolment_makes_the_plan_its_goals_and_tasks_each_tied_to_its_key() -> None:
+    clinic = Clinic()
+    await active_program(clinic)
+    outcome = await clinic.run(
+        "careplan.enroll",
+        {
+            "patient_id": "p1",
+            "program": "type-2-diabetes",
+            "start": "2027-01-31",
+            "owners": {"a1c-lab": "pr1"},
+        },
+    )
+    assert outcome.reply.status == 201
+    for version in outcome.record.versions:
+        validate_resource(version.resource)
+    plan = outcome.resource("CarePlan")
+    assert plan["instantiatesCanonical"] == [
+        f"https://care-plan-service.dev/fhir/programs/{TENANT}/type-2-diabetes|1"
+    ]
+    assert (plan["title"], plan["status"], plan["period"]) == (
+        "Type 2 diabetes",
+        "active",
+        {"start": "2027-01-31"},
+    )
+    assert len(plan["goal"]) == 1 and len(plan["activity"]) == 2
+    goal = outcome.resource("Goal")
+    assert goal["extension"] == [
+        {"url": "https://care-plan-service.dev/fhir/StructureDefinition/program-key", "valueId": "a1c"}
+    ]
+    assert goal["target"][0]["dueDate"] == "2027-07-31"  # P6M after the start
+    tasks = {
+        next(e["valueId"] for e in t["extension"] if e["url"].endswith("/program-key")): t
+        for t in (v.resource for v in outcome.record.versions if v.resource_type == "Task")
+    }
+    assert tasks["a1c-lab"]["owner"] == {"reference": "Practitioner/pr1"}
+    assert tasks["a1c-lab"]["status"] == "requested"
+    assert tasks["foot-exam"]["restriction"]["period"] == {"start": "2027-04-30", "end": "2027-05-28"}
+    assert sorted(e[0] for e in outcome.events) == [
+        "activity.added",
+        "activity.added",
+        "careplan.created",
+        "careplan.enrolled",
+        "goal.added",
+    ]
+    assert outcome.operation == "CREATE"
+
+
+async def test_enrolment_skips_keys_and_a_draft_plan_has_draft_items() -> None:
+    clinic = Clinic()
+    await active_program(clinic)
+    outcome = await clinic.run(
+        "careplan.enroll",
+        {"patient_id": "p1", "program": "type-2-diabetes|1", "status": "draft", "skip": ["foot-exam"]},
+    )
+    assert [v.resource_type for v in outcome.record.versions].count("Task") == 1
+    assert outcome.resource("Task")["status"] == "draft"
+    assert outcome.resource("Goal")["lifecycleStatus"] == "proposed"
+
+
+async def test_enrolment_takes_the_newest_active_version_of_a_name() -> None:
+    clinic = Clinic()
+    await active_program(clinic)
+    second = await define(clinic, DIABETES_V1 | {"title": "Type 2 diabetes v2"})
+    await clinic.run("program.change_status", {"program_id": second, "status": "active"})
+    await define(clinic, DIABETES_V1 | {"title": "a draft v3"})
+    outcome = await clinic.run("careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes"})
+    assert outcome.resource("CarePlan")["instantiatesCanonical"][0].endswith("|2")
+
+
+async def test_enrolling_into_a_draft_or_retired_or_unknown_program_is_refused_and_nothing_is_written() -> (
+    None
+):
+    clinic = Clinic()
+    draft = await define(clinic)
+    with pytest.raises(InvalidTransition):
+        await clinic.run("careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes|1"})
+    with pytest.raises(NotFound):  # no active version of the name
+        await clinic.run("careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes"})
+    await clinic.run("program.change_status", {"program_id": draft, "status": "retired"})
+    with pytest.raises(InvalidTransition):
+        await clinic.run("careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes|1"})
+    with pytest.raises(NotFound):
+        await clinic.run("careplan.enroll", {"patient_id": "p1", "program": "copd"})
+    await active_program(clinic)
+    with pytest.raises(InvalidValue) as refused:
+        await clinic.run(
+            "careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes", "skip": ["eye"]}
+        )
+    assert refused.value.path == "data.skip.eye"
+    assert clinic.database.plans == {}

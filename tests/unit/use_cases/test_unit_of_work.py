@@ -49,11 +49,20 @@ async def every_command(clinic: Clinic) -> dict[str, Outcome]:
     await run("careplan.request_review", {"care_plan_id": plan}, 5)
     await run("careplan.complete_review", {"care_plan_id": plan, "outcome": "continue"}, 6)
     await run("careplan.change_status", {"care_plan_id": plan, "status": "completed"}, 7)
-    defined = await run("program.define", {"name": "t2d", "title": "Type 2 diabetes"})
+    defined = await run(
+        "program.define",
+        {
+            "name": "t2d",
+            "title": "Type 2 diabetes",
+            "goals": [{"key": "a1c", "description": {"text": "HbA1c below 7 %"}}],
+            "activities": [{"key": "lab", "description": "HbA1c test", "goal_keys": ["a1c"]}],
+        },
+    )
     assert defined.reply.result is not None
     program = defined.reply.result.id
     await run("program.update", {"program_id": program, "changes": {"title": "Type 2 diabetes, adults"}}, 1)
     await run("program.change_status", {"program_id": program, "status": "active"}, 2)
+    await run("careplan.enroll", {"patient_id": "p1", "program": "t2d"})
     return ran
 
 
