@@ -14,6 +14,7 @@ from schemas.fhir_validation import validate_resource
 from service.client import envelope, send_command
 from service.runner import RunningService
 from tests.conftest import TokenFactory
+from tests.integration.commands import RestCaller
 from tests.integration.fhir_client import fhir_get, ids
 from tests.integration.helpers import count_rows
 from tests.outbox_ledger import OUTBOX_LEDGER
@@ -253,3 +254,26 @@ async def test_enrolling_into_a_draft_program_is_refused_and_writes_nothing(
     )
     assert unknown["error"]["code"] == "NOT_FOUND", unknown
     assert await count_rows(admin_engine, "care_plans", tenant) == 0
+
+
+async def test_the_rest_routes_define_publish_and_enrol(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    author = RestCaller(nc, service.http_url, token_for(tenant, roles=AUTHOR))
+    status, headers, body = await author.request("program.define", PROGRAM)
+    assert status == 201, body
+    assert headers["Location"] == f"{service.http_url}/fhir/PlanDefinition/{body['id']}"
+    status, _, _ = await author.request(
+        "program.update", {"program_id": body["id"], "changes": {"title": "T2D"}}
+    )
+    assert status == 428  # a draft's update needs If-Match
+    status, _, published = await author.request(
+        "program.change_status", {"program_id": body["id"], "status": "active"}
+    )
+    assert (status, published["version"]) == (200, 2)
+    clinician = RestCaller(nc, service.http_url, token_for(tenant))
+    status, headers, plan = await clinician.request(
+        "careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes|1"}
+    )
+    assert status == 201, plan
+    assert headers["Location"] == f"{service.http_url}/fhir/CarePlan/{plan['id']}"
