@@ -8,6 +8,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from domain.fhir import (
+    ACTIVITY_DURATION_EXTENSION,
+    PROGRAM_ADDRESSES_EXTENSION,
+    PROGRAM_KEY_EXTENSION,
+    PROGRAM_REVIEW_EXTENSION,
+)
 from domain.search_parameters import BY_TYPE, SEARCHABLE_TYPES
 from fhir_read.outcome import FHIR_JSON
 from fhir_read.search_query import (
@@ -25,6 +31,10 @@ from fhir_read.search_query import (
 )
 
 SERVICE_VERSION = "0.1.0"
+_PROGRAM_KEY_NOTE = (
+    f"Made by enrolment in a care program: the extension {PROGRAM_KEY_EXTENSION} (valueId) holds the "
+    "program key it was made from; items added by hand have none."
+)
 US_CORE_PROFILES = {
     "CarePlan": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan",
     "Goal": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-goal",
@@ -76,7 +86,15 @@ def capability_statement() -> dict[str, Any]:
                 "Care-plan activities. Task.basedOn points at the CarePlan although "
                 "CarePlan.activity.reference also lists the Task: both links are kept on purpose, "
                 "so Task?based-on= and "
-                "_revinclude=Task:based-on work."
+                "_revinclude=Task:based-on work. " + _PROGRAM_KEY_NOTE
+            )
+        elif resource_type == "Goal":
+            entry["documentation"] = _PROGRAM_KEY_NOTE
+        elif resource_type == "PlanDefinition":
+            entry["documentation"] = (
+                "Care programs (clinical-protocol), one resource per version; goal.id and action.id are the "
+                f"program's keys. Extensions: {PROGRAM_ADDRESSES_EXTENSION}, {PROGRAM_REVIEW_EXTENSION}, "
+                f"{ACTIVITY_DURATION_EXTENSION} (on an action). Patient tokens see none."
             )
         resources.append(entry)
     resources.append(

@@ -277,3 +277,21 @@ async def test_the_rest_routes_define_publish_and_enrol(
     )
     assert status == 201, plan
     assert headers["Location"] == f"{service.http_url}/fhir/CarePlan/{plan['id']}"
+
+
+async def test_the_capability_statement_lists_plan_definitions_and_names_the_key_extension(
+    service: RunningService,
+) -> None:
+    status, statement = await fhir_get(f"{service.http_url}/fhir/metadata", None)
+    assert status == 200
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    definition = resources["PlanDefinition"]
+    assert {p["name"] for p in definition["searchParam"]} >= {"url", "version", "name", "title", "status"}
+    assert {i["code"] for i in definition["interaction"]} >= {
+        "read",
+        "vread",
+        "history-instance",
+        "search-type",
+    }
+    key = "https://care-plan-service.dev/fhir/StructureDefinition/program-key"
+    assert key in resources["Goal"]["documentation"] and key in resources["Task"]["documentation"]
