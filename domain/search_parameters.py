@@ -100,7 +100,8 @@ PARAMETERS: tuple[SearchParameter, ...] = (
     _p("CarePlan", "encounter", REFERENCE, "encounter", "Encounter"),
     _p("CarePlan", "goal", REFERENCE, "goal", "Goal"),
     _p("CarePlan", "identifier", TOKEN, "identifier"),
-    _p("CarePlan", "instantiates-canonical", REFERENCE, "instantiatesCanonical", "PlanDefinition"),
+    # R4 types it `reference` (to a canonical); its values are `<url>|<version>` strings, searched as uris
+    _p("CarePlan", "instantiates-canonical", URI, "instantiatesCanonical"),
     _p("CarePlan", "instantiates-uri", URI, "instantiatesUri"),
     _p("CarePlan", "intent", TOKEN, "intent"),
     _p("CarePlan", "part-of", REFERENCE, "partOf", "CarePlan"),
@@ -182,6 +183,9 @@ def extract(resource: JSON) -> IndexValues:
                     values.dates.append((parameter.code, span))
             elif isinstance(element, str):
                 values.strings.append((parameter.code, element))
+                if parameter.type == URI and "|" in element:
+                    # A canonical `<url>|<version>` is found by its url alone too (any version).
+                    values.strings.append((parameter.code, element.split("|", 1)[0]))
     return values
 
 

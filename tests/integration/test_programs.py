@@ -236,6 +236,14 @@ async def test_enrolment_makes_a_plan_with_its_goals_and_tasks_in_one_transactio
     )
     assert transactions == 1  # the plan, its goal and its task: one command, one commit
 
+    canonical = plan["instantiatesCanonical"][0]
+    url = canonical.split("|")[0]
+    for value, expected in ((canonical, [plan_id]), (url, [plan_id]), (f"{url}|2", [])):
+        status, bundle = await fhir_get(
+            f"{service.http_url}/fhir/CarePlan", clinician, params={"instantiates-canonical": value}
+        )
+        assert status == 200 and ids(bundle) == expected, value
+
 
 async def test_enrolling_into_a_draft_program_is_refused_and_writes_nothing(
     service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
