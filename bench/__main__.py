@@ -22,13 +22,14 @@ import psutil
 from bench.commands import run_commands, run_relay_lag
 from bench.http_load import load_tool
 from bench.infra import ROOT, Servers, servers
+from bench.programs import run_programs
 from bench.reads import run_reads
 from bench.report import render
 from bench.scale import run_scale
 from bench.topologies import run_topologies
 from bench.worst_search import run_worst_search
 
-SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies")
+SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies", "programs")
 
 
 def main() -> None:
@@ -86,6 +87,13 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             replicas=args.replicas,
         ),
         "worst-search": lambda: run_worst_search(running),
+        "programs": lambda: run_programs(
+            running,
+            concurrency=16,
+            total=min(args.commands, 600),
+            workers=args.workers,
+            sequential=min(args.sequential, 100),
+        ),
         "topologies": lambda: run_topologies(
             running,
             concurrency=args.concurrency,

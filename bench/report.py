@@ -22,6 +22,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_worst_search(scenarios["worst-search"]))
     if "topologies" in scenarios:
         parts.append(_topologies(scenarios["topologies"]))
+    if "programs" in scenarios:
+        parts.append(_programs(scenarios["programs"]))
     return "\n\n".join(parts)
 
 
@@ -146,3 +148,17 @@ def _relay(result: dict[str, Any]) -> str:
             f"careplan serve peak RSS: {result['peak_rss_mb']} MB",
         ]
     )
+
+
+def _programs(result: dict[str, Any]) -> str:
+    programme = result["programme"]
+    lines = [
+        f"programs: careplan.enroll into a programme of {programme['goals']} goals and "
+        f"{programme['activities']} activities against careplan.create, one careplan serve",
+        _runs(result["runs"]),
+    ]
+    for name, verdict in result["verdicts"].items():
+        judged = _verdict(verdict["value"], verdict["target"], at_least=False)
+        lines.append(f"{name}: {verdict['value']:.2f} — {judged}")
+    lines.append(f"errors: {result['errors']}; careplan serve peak RSS {result['peak_rss_mb']} MB")
+    return "\n".join(lines)
