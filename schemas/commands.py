@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
@@ -192,20 +192,25 @@ class TargetDetailIn(WireModel):
         return self
 
 
-class GoalTargetIn(WireModel):
+class _MeasuredTarget(WireModel):
+    """A target's measure and detail: a detail needs its measure (FHIR gol-1)."""
+
     model_config = ConfigDict(
         json_schema_extra={"if": not_null_schema("detail"), "then": not_null_schema("measure")}
     )
 
     measure: CodeableConceptIn | None = None
     detail: TargetDetailIn | None = None
-    due_date: date | None = None
 
     @model_validator(mode="after")
-    def _detail_needs_measure(self) -> GoalTargetIn:
+    def _detail_needs_measure(self) -> Self:
         if self.detail is not None and self.measure is None:
             raise ValueError("a target with a detail needs its measure (FHIR gol-1)")
         return self
+
+
+class GoalTargetIn(_MeasuredTarget):
+    due_date: date | None = None
 
 
 class GoalAdd(WireModel):
@@ -320,23 +325,11 @@ DurationText = Annotated[str, StringConstraints(pattern=r"^P\d{1,5}[YMWD]$")]
 RequestPriority = Literal["routine", "urgent", "asap", "stat"]
 
 
-class TemplateTargetIn(WireModel):
-    """A program goal's target: a measure, a quantity, range or coded detail, and when it is due after the
-    enrolment's start."""
+class TemplateTargetIn(_MeasuredTarget):
+    """A program goal's target (a quantity, range or coded detail) and when it is due after the
+    enrolment's start; it becomes the enrolled Goal's target, where gol-1 applies."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"if": not_null_schema("detail"), "then": not_null_schema("measure")}
-    )
-
-    measure: CodeableConceptIn | None = None
-    detail: TargetDetailIn | None = None
     due_after: DurationText | None = None
-
-    @model_validator(mode="after")
-    def _detail_needs_measure(self) -> TemplateTargetIn:
-        if self.detail is not None and self.measure is None:
-            raise ValueError("a target with a detail needs its measure (FHIR gol-1, on the goals it makes)")
-        return self
 
 
 class ProgramGoalIn(WireModel):
