@@ -222,12 +222,6 @@ class ProgramAggregate:
         self.events: list[DomainEvent] = []
         self._changed = False
 
-    patient_id: str | None = None  # a program is no patient's
-
-    @property
-    def key(self) -> str:
-        return f"PlanDefinition/{self.program.id}"
-
     @classmethod
     def define(
         cls,

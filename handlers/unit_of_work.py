@@ -131,11 +131,7 @@ class UnitOfWork:
         versions: list[NewVersion] = []
         outbox: list[OutboxMessage] = []
         patient_id: str | None = None
-        aggregates: list[CarePlanAggregate | ProgramAggregate] = [
-            *self._seen.values(),
-            *self._programs.values(),
-        ]
-        for aggregate in aggregates:
+        for aggregate in self._aggregates():
             rendered: dict[tuple[str, str], NewVersion] = {}
             for _, entity in aggregate.changed():
                 resource_type, resource = render_resource(entity)
