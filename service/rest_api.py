@@ -39,8 +39,34 @@ _CORRELATION_ID = re.compile(rf"[!-~]{{1,{MAX_CORRELATION_ID}}}")
 def add_command_routes(app: web.Application, processor: CommandProcessor, *, fhir_base: str | None) -> None:
     """Mount the route of every command the processor runs. `fhir_base` (CAREPLAN_PUBLIC_BASE_URL) roots
     `Location`; without it the request's own origin + `/fhir` does."""
+    paths = {spec.route.path for spec in processor.commands.values()}
     for spec in processor.commands.values():
-        app.router.add_route(spec.route.method, spec.route.path, _handler(spec, processor, fhir_base))
+        app.router.add_route(
+            spec.route.method, _matching(spec.route.path, paths), _handler(spec, processor, fhir_base)
+        )
+
+
+def _matching(path: str, paths: set[str]) -> str:
+    """`path` for aiohttp, a `{field}` segment made not to match a literal segment that another route has in
+    its place (`/care-plans/{care_plan_id}` is not `/care-plans/enrolments`): otherwise aiohttp would route
+    `PATCH /care-plans/enrolments` to `careplan.update` and advertise PATCH there."""
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        if not (segment.startswith("{") and segment.endswith("}")):
+            continue
+        literals = sorted(
+            {
+                other[index]
+                for other in (p.split("/") for p in paths)
+                if len(other) > index
+                and other[:index] == segments[:index]
+                and not other[index].startswith("{")
+            }
+        )
+        if literals:
+            taken = "|".join(re.escape(literal) for literal in literals)
+            segments[index] = f"{{{segment[1:-1]}:(?!(?:{taken})(?:/|$))[^/]+}}"
+    return "/".join(segments)
 
 
 def _handler(

@@ -140,6 +140,20 @@ class NatsCluster:
                             return str(leader)
                 await asyncio.sleep(0.1)
 
+    async def all_peers_current(self, timeout: float = 60.0) -> None:
+        """Until the meta group's leader sees every other node as a current peer: before that, a stream
+        asking for as many replicas as there are nodes finds "no suitable peers for placement"."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for node in self.nodes:
+                    with contextlib.suppress(Exception):  # a node still starting, or without a leader
+                        meta = (await node.monitor("jsz"))["meta_cluster"]
+                        peers = meta.get("replicas") or []
+                        leads = meta.get("leader") == node.name and len(peers) == len(self.nodes) - 1
+                        if leads and all(peer.get("current") and not peer.get("offline") for peer in peers):
+                            return
+                await asyncio.sleep(0.1)
+
     async def leaders(self) -> dict[str, str]:
         """Who leads what, as a running node sees it: each stream, each consumer (`STREAM/consumer`) and
         the meta group (`meta`); a group that has no leader just now is left out."""

@@ -58,6 +58,7 @@ DOMAIN_OUTCOMES = frozenset(
 )
 CONTRACT_CODES = frozenset(code.value for code in ErrorCode)
 
+RESOURCE_TYPES = ("CarePlan", "Goal", "Task", "CareTeam", "PlanDefinition")  # what a success answers with
 PLANS = ("plan-0", "plan-1", "plan-missing")
 GOALS = ("goal-0", "goal-missing")
 TASKS = ("task-0", "task-missing")
@@ -185,6 +186,39 @@ def data_template(command: str, plan: str, goal: str, task: str, member: str) ->
             "changes": {"role": {"text": "GP"}, "period": {"start": "2026-02-01"}},
         },
         "careteam.remove_member": {"care_plan_id": plan, "member_id": member},
+        # No program is ever published in the run (the status change names a plan id): an enrolment that
+        # passes validation is NOT_FOUND; a define may succeed and is then checked whole like the rest.
+        "careplan.enroll": {
+            "patient_id": "p1",
+            "program": "type-2-diabetes",
+            "start": "2027-01-01",
+            "encounter_id": "enc-1",
+            "author_id": member,
+            "title": "Enrolled plan",
+            "skip": ["foot-exam"],
+            "owners": {"a1c-lab": member},
+        },
+        "program.define": {
+            "name": "type-2-diabetes",
+            "title": "Type 2 diabetes",
+            "categories": [coded],
+            "addresses": [coded],
+            "review": {"interval_days": 90},
+            "goals": [
+                {
+                    "key": "a1c",
+                    "description": coded,
+                    "targets": [
+                        {"measure": target["measure"], "detail": target["detail"], "due_after": "P6M"}
+                    ],
+                }
+            ],
+            "activities": [
+                {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"}
+            ],
+        },
+        "program.update": {"program_id": plan, "changes": {"title": "Revised", "review": None}},
+        "program.change_status": {"program_id": plan, "status": "active", "reason": "approved"},
     }
     # Through JSON rather than deepcopy, which keeps shared sub-objects shared: a mutation changes one place.
     copied: dict[str, Any] = orjson.loads(orjson.dumps(templates[command]))
@@ -569,7 +603,8 @@ def _b64(raw: bytes) -> str:
 
 
 def authorization_headers(token_for: TokenFactory, tenant: str) -> dict[str, str | None]:
-    good = token_for(tenant)
+    # Both roles, so that every command's body reaches its checks (a permission is checked first).
+    good = token_for(tenant, roles=["clinician", "program-author"])
     head, payload, signature = good.split(".")
     flipped = "A" if payload[10] != "A" else "B"
     kid_list = _b64(orjson.dumps({"alg": "ES256", "kid": ["x"]}))
@@ -794,7 +829,7 @@ class HostileRun:
             code = OK
             assert reply["status"] in (200, 201), reply
             result = reply["result"]
-            assert result["resource_type"] in ("CarePlan", "Goal", "Task", "CareTeam"), reply
+            assert result["resource_type"] in RESOURCE_TYPES, reply
             assert (
                 isinstance(result["id"], str)
                 and isinstance(result["version"], int)
@@ -874,6 +909,7 @@ class HostileRun:
                     ("goals", "Goal"),
                     ("tasks", "Task"),
                     ("care_teams", "CareTeam"),
+                    ("plan_definitions", "PlanDefinition"),
                 )
             },
             "history without a successful command": """
@@ -990,3 +1026,4 @@ async def test_hostile_commands_get_typed_answers_and_leave_nothing_half_written
     assert await run.resources("care_plans") == plans
     assert await run.resources("goals") == run.seeds["Goal"] | run.created["Goal"]
     assert await run.resources("tasks", "NOT is_review") == run.seeds["Task"] | run.created["Task"]
+    assert await run.resources("plan_definitions") == run.created["PlanDefinition"]

@@ -27,6 +27,7 @@ async def cluster_client(tmp_path: Path) -> AsyncIterator[NatsClient]:
     cluster.start()
     try:
         await cluster.meta_leader()
+        await cluster.all_peers_current()
         nc = await nats.connect(servers=cluster.urls.split(","), max_reconnect_attempts=-1)
         try:
             yield nc
