@@ -42,11 +42,11 @@ def add_command_routes(app: web.Application, processor: CommandProcessor, *, fhi
     paths = {spec.route.path for spec in processor.commands.values()}
     for spec in processor.commands.values():
         app.router.add_route(
-            spec.route.method, _matching(spec.route.path, paths), _handler(spec, processor, fhir_base)
+            spec.route.method, aiohttp_path(spec.route.path, paths), _handler(spec, processor, fhir_base)
         )
 
 
-def _matching(path: str, paths: set[str]) -> str:
+def aiohttp_path(path: str, paths: set[str]) -> str:
     """`path` for aiohttp, a `{field}` segment made not to match a literal segment that another route has in
     its place (`/care-plans/{care_plan_id}` is not `/care-plans/enrolments`): otherwise aiohttp would route
     `PATCH /care-plans/enrolments` to `careplan.update` and advertise PATCH there."""

@@ -170,11 +170,7 @@ _LATEST_VERSION = (
 
 async def load_program(conn: asyncpg.Connection, tenant_id: str, program_id: str) -> ProgramAggregate | None:
     """A program version, its row locked until commit."""
-    state = await conn.fetchval(_PROGRAM, tenant_id, program_id)
-    if state is None:
-        return None
-    program: Program = _STATE["PlanDefinition"].validate_json(state)
-    return ProgramAggregate(program)
+    return _program(await conn.fetchval(_PROGRAM, tenant_id, program_id))
 
 
 _PROGRAM_VERSION = (
@@ -192,9 +188,11 @@ async def find_program(
 ) -> ProgramAggregate | None:
     """A version of `name` (its newest active one when `program_version` is None), held against change."""
     if program_version is None:
-        state = await conn.fetchval(_NEWEST_ACTIVE, tenant_id, name)
-    else:
-        state = await conn.fetchval(_PROGRAM_VERSION, tenant_id, name, program_version)
+        return _program(await conn.fetchval(_NEWEST_ACTIVE, tenant_id, name))
+    return _program(await conn.fetchval(_PROGRAM_VERSION, tenant_id, name, program_version))
+
+
+def _program(state: str | None) -> ProgramAggregate | None:
     if state is None:
         return None
     program: Program = _STATE["PlanDefinition"].validate_json(state)
