@@ -6,8 +6,8 @@ rules, bumps the version of each resource it changes, and records one domain eve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -70,6 +70,20 @@ GOAL_UPDATABLE = frozenset(
     {"description", "priority", "categories", "start_date", "targets", "addresses", "notes"}
 )
 GOAL_REQUIRED = frozenset({"description"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgramChange:
+    """What a rollout does to one plan, decided by `domain.programs.migrate`: items to add, not-started
+    items to cancel or to rewrite from their new template (`revised`: resource type, id, new field
+    values), and the canonicals the plan follows afterwards."""
+
+    instantiates: tuple[str, ...]
+    reason: str
+    goals: Sequence[Goal] = ()
+    activities: Sequence[Activity] = ()
+    cancelled: Sequence[tuple[str, str]] = ()
+    revised: Sequence[tuple[str, str, Mapping[str, object]]] = ()
 
 
 def check_version(resource: Versioned, expected: int | None, *, required: bool) -> None:
@@ -181,6 +195,62 @@ class CarePlanAggregate:
         self.plan.goal_ids = (*self.plan.goal_ids, *(g.id for g in goals))
         self.plan.activity_ids = (*self.plan.activity_ids, *(a.id for a in activities))
         self._new_version("CarePlan", self.plan, now, "careplan.enrolled", data)
+
+    def apply_program(self, change: ProgramChange, *, now: datetime, data: dict[str, Any]) -> None:
+        """A rollout's migration of this plan to a new program version (CONTRACT §10): the usual event per
+        changed item (`*.added`, `*.status_changed`, `*.updated`) and the plan's `careplan.migrated` (with
+        `data`), even when only the version it follows moves."""
+        self._require_open("a program rollout")
+        for goal in change.goals:
+            check_initial("lifecycle_status", GOAL_AT_CREATE, goal.lifecycle_status)
+            goal.plan_id, goal.patient_id = self.plan.id, self.plan.patient_id
+            goal.version, goal.created, goal.last_updated, goal.status_date = 0, now, now, now.date()
+            self.goals[goal.id] = goal
+            self._new_version("Goal", goal, now, "goal.added")
+        for activity in change.activities:
+            check_initial("status", TASK_AT_CREATE, activity.status)
+            if any(goal_id not in self.goals for goal_id in activity.goal_ids):
+                raise InvalidValue("goal_ids", "a program activity names a goal of another plan")
+            activity.plan_id, activity.patient_id = self.plan.id, self.plan.patient_id
+            activity.version, activity.created, activity.last_updated = 0, now, now
+            self.activities[activity.id] = activity
+            self._new_version("Task", activity, now, "activity.added")
+        for resource_type, resource_id in change.cancelled:
+            if resource_type == "Goal":
+                self._cancel_goal(self.goal(resource_id), change.reason, now)
+            else:
+                self._set_task_status(
+                    self.activity(resource_id), TaskStatus.CANCELLED, now, reason=change.reason
+                )
+        for resource_type, resource_id, fields in change.revised:
+            item: Goal | Activity = (
+                self.goal(resource_id) if resource_type == "Goal" else self.activity(resource_id)
+            )
+            revised = sorted(name for name, value in fields.items() if getattr(item, name) != value)
+            for name in revised:
+                setattr(item, name, fields[name])
+            if revised and isinstance(item, Goal):
+                self._new_version("Goal", item, now, "goal.updated", {"changed": revised})
+            elif revised:
+                self._new_version("Task", item, now, "activity.updated", {"changed": revised})
+        self.plan.goal_ids = (*self.plan.goal_ids, *(g.id for g in change.goals))
+        self.plan.activity_ids = (*self.plan.activity_ids, *(a.id for a in change.activities))
+        self.plan.instantiates = change.instantiates
+        self._new_version("CarePlan", self.plan, now, "careplan.migrated", data)
+
+    def _cancel_goal(self, goal: Goal, reason: str, now: datetime) -> None:
+        from_lifecycle, from_achievement = goal.lifecycle_status, goal.achievement_status
+        check_transition("lifecycle_status", GOAL_TRANSITIONS, from_lifecycle, GoalLifecycleStatus.CANCELLED)
+        goal.lifecycle_status, goal.achievement_status = GoalLifecycleStatus.CANCELLED, None
+        goal.status_date, goal.status_reason = now.date(), reason
+        data: dict[str, Any] = {
+            "from": {
+                "lifecycle_status": from_lifecycle.value,
+                "achievement_status": _value(from_achievement),
+            },
+            "to": {"lifecycle_status": GoalLifecycleStatus.CANCELLED.value, "achievement_status": None},
+        }
+        self._new_version("Goal", goal, now, "goal.status_changed", data)
 
     def update(self, changes: Mapping[str, object], *, expected_version: int | None, now: datetime) -> None:
         """Merge-patch of the plan's content (not its status); a patch that changes nothing is no version."""

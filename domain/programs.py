@@ -15,11 +15,11 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from domain.care_plan import check_version
-from domain.entities import Activity, Goal, GoalTarget, TargetDetail, Versioned
+from domain.care_plan import CarePlanAggregate, ProgramChange, check_version
+from domain.entities import Activity, CarePlan, Goal, GoalTarget, TargetDetail, Versioned
 from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
 from domain.events import DomainEvent
-from domain.statuses import GoalAchievement, GoalLifecycleStatus, TaskStatus
+from domain.statuses import CarePlanStatus, GoalAchievement, GoalLifecycleStatus, TaskStatus
 from domain.values import CodeableConcept, Period
 
 KEY = re.compile(r"[a-z0-9-]{1,64}")
@@ -428,61 +428,182 @@ def enrolment(
         for key in named:
             if key not in keys:
                 raise InvalidValue(f"data.{field_name}.{key}", f"{program.canonical} has no key {key!r}")
-    goal_ids: dict[str, str] = {}
-    goals: list[Goal] = []
-    for goal in content.goals:
-        if goal.key in skip:
-            continue
-        goal_ids[goal.key] = new_id()
-        goals.append(
-            Goal(
-                id=goal_ids[goal.key],
-                version=0,
-                created=_EPOCH,
-                last_updated=_EPOCH,
-                plan_id="",
-                patient_id="",
-                description=goal.description,
-                lifecycle_status=GoalLifecycleStatus.ACTIVE if plan_active else GoalLifecycleStatus.PROPOSED,
-                status_date=start,
-                priority=goal.priority,
-                start_date=start,
-                targets=tuple(
-                    GoalTarget(
-                        measure=t.measure,
-                        detail=t.detail,
-                        due_date=t.due_after.after(start) if t.due_after else None,
-                    )
-                    for t in goal.targets
-                ),
-                program_key=goal.key,
-            )
-        )
-    activities: list[Activity] = []
-    for template in content.activities:
-        if template.key in skip:
-            continue
-        begins, ends = template.window(start)
-        activities.append(
-            Activity(
-                id=new_id(),
-                version=0,
-                created=_EPOCH,
-                last_updated=_EPOCH,
-                plan_id="",
-                patient_id="",
-                description=template.description,
-                status=TaskStatus.REQUESTED if plan_active else TaskStatus.DRAFT,
-                code=template.code,
-                kind=template.kind,
-                goal_ids=tuple(goal_ids[k] for k in template.goal_keys if k in goal_ids),
-                owner_id=(owners or {}).get(template.key),
-                priority=template.priority,
-                scheduled=Period(start=begins, end=ends),
-                program_key=template.key,
-            )
-        )
+    goals = [_goal(g, start, plan_active, new_id()) for g in content.goals if g.key not in skip]
+    goal_ids = {g.program_key: g.id for g in goals}
+    activities = [
+        _activity(a, start, plan_active, new_id(), goal_ids, (owners or {}).get(a.key))
+        for a in content.activities
+        if a.key not in skip
+    ]
     return Enrolment(goals=goals, activities=activities)
 
 
+def _goal(template: GoalTemplate, start: date, plan_active: bool, goal_id: str) -> Goal:
+    return Goal(
+        id=goal_id,
+        version=0,
+        created=_EPOCH,
+        last_updated=_EPOCH,
+        plan_id="",
+        patient_id="",
+        lifecycle_status=GoalLifecycleStatus.ACTIVE if plan_active else GoalLifecycleStatus.PROPOSED,
+        status_date=start,
+        start_date=start,
+        program_key=template.key,
+        **_goal_fields(template, start),
+    )
+
+
+def _goal_fields(template: GoalTemplate, start: date) -> dict[str, Any]:
+    """What a goal takes from its template: all a rollout rewrites when the template changes."""
+    return {
+        "description": template.description,
+        "priority": template.priority,
+        "targets": tuple(
+            GoalTarget(
+                measure=t.measure,
+                detail=t.detail,
+                due_date=t.due_after.after(start) if t.due_after else None,
+            )
+            for t in template.targets
+        ),
+    }
+
+
+def _activity(
+    template: ActivityTemplate,
+    start: date,
+    plan_active: bool,
+    activity_id: str,
+    goal_ids: Mapping[str | None, str],
+    owner_id: str | None,
+) -> Activity:
+    return Activity(
+        id=activity_id,
+        version=0,
+        created=_EPOCH,
+        last_updated=_EPOCH,
+        plan_id="",
+        patient_id="",
+        status=TaskStatus.REQUESTED if plan_active else TaskStatus.DRAFT,
+        owner_id=owner_id,
+        program_key=template.key,
+        **_activity_fields(template, start, goal_ids),
+    )
+
+
+def _activity_fields(
+    template: ActivityTemplate, start: date, goal_ids: Mapping[str | None, str]
+) -> dict[str, Any]:
+    """What a task takes from its template (its goals by key: those the plan has)."""
+    begins, ends = template.window(start)
+    return {
+        "description": template.description,
+        "code": template.code,
+        "kind": template.kind,
+        "goal_ids": tuple(goal_ids[k] for k in template.goal_keys if k in goal_ids),
+        "priority": template.priority,
+        "scheduled": Period(start=begins, end=ends),
+    }
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # replaced by the aggregate when the items are added
+
+
+# --- a rollout's migration of one plan ---
+
+
+def enrolled_items(plan: CarePlanAggregate) -> EnrolledItems:
+    """The plan's keyed items and their progress; what clinicians added by hand has no key."""
+    progress = {
+        g.program_key: goal_progress(g.lifecycle_status, g.achievement_status)
+        for g in plan.goals.values()
+        if g.program_key
+    }
+    progress |= {a.program_key: task_progress(a.status) for a in plan.activities.values() if a.program_key}
+    return EnrolledItems(progress)
+
+
+def enrolment_start(plan: CarePlan) -> date:
+    """The date a plan's program durations count from: its period's start (the enrolment's `start`)."""
+    start = plan.period.start if plan.period else None
+    if start is None:
+        return plan.created.date()
+    return start.date() if isinstance(start, datetime) else start
+
+
+def follows(plan: CarePlan, url: str) -> str | None:
+    """The canonical `<url>|<version>` of program `url` the plan follows, if any."""
+    return next((c for c in plan.instantiates if c.partition("|")[0] == url), None)
+
+
+def program_version_of(canonical: str) -> int | None:
+    """The business version of a canonical of ours (`…|3` → 3); None for anything else."""
+    _, _, version = canonical.partition("|")
+    return int(version) if version.isdecimal() and len(version) < 10 else None
+
+
+def migrate(
+    plan: CarePlanAggregate,
+    old: Program,
+    new: Program,
+    *,
+    new_id: Callable[[], str],
+    now: datetime,
+    data: Mapping[str, Any] | None = None,
+) -> Migration:
+    """Move `plan` from `old` to `new` by CONTRACT §10's rules, decided on the plan as it is now: new
+    keys' items added (dated from the enrolment's start), not-started items of dropped keys cancelled and of
+    changed keys rewritten from their new template, started ones kept; the plan then follows `new`. The
+    result, with `data`, is also the `careplan.migrated` event's."""
+    change = migration(old.content, new.content, enrolled_items(plan))
+    start = enrolment_start(plan.plan)
+    active = plan.plan.status is not CarePlanStatus.DRAFT
+    keyed: dict[str, Goal | Activity] = {g.program_key: g for g in plan.goals.values() if g.program_key}
+    keyed |= {a.program_key: a for a in plan.activities.values() if a.program_key}
+    goal_ids: dict[str | None, str] = {k: item.id for k, item in keyed.items() if isinstance(item, Goal)}
+    goals: list[Goal] = []
+    for key in change.add:
+        if (goal_template := new.content.goal(key)) is not None:
+            goals.append(_goal(goal_template, start, active, new_id()))
+            goal_ids[key] = goals[-1].id
+    activities = [
+        _activity(template, start, active, new_id(), goal_ids, None)
+        for key in change.add
+        if (template := new.content.activity(key)) is not None
+    ]
+    revised: list[tuple[str, str, Mapping[str, object]]] = []
+    for key in change.update:
+        item = keyed[key]
+        if isinstance(item, Goal):
+            goal_template = new.content.goal(key)
+            assert goal_template is not None  # `update` keys are in both versions, of the same kind
+            revised.append(("Goal", item.id, _goal_fields(goal_template, start)))
+        else:
+            template = new.content.activity(key)
+            assert template is not None
+            revised.append(("Task", item.id, _activity_fields(template, start, goal_ids)))
+    instantiates = tuple(c for c in plan.plan.instantiates if c.partition("|")[0] != new.url)
+    plan.apply_program(
+        ProgramChange(
+            instantiates=(*instantiates, new.canonical),
+            reason=f"program {new.name} version {new.program_version}",
+            goals=goals,
+            activities=activities,
+            cancelled=[
+                ("Goal" if isinstance(keyed[k], Goal) else "Task", keyed[k].id) for k in change.cancel
+            ],
+            revised=revised,
+        ),
+        now=now,
+        data={
+            "from": old.canonical,
+            "to": new.canonical,
+            "added": list(change.add),
+            "cancelled": list(change.cancel),
+            "updated": list(change.update),
+            "kept": list(change.keep),
+            **(data or {}),
+        },
+    )
+    return change

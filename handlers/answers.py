@@ -12,7 +12,13 @@ def success_reply(command_id: str, result: CommandResult) -> Reply:
         command_id=command_id,
         ok=True,
         status=result.status,
-        result=ResultBody(resource_type=result.resource_type, id=result.resource_id, version=result.version),
+        result=ResultBody(
+            resource_type=result.resource_type,
+            id=result.resource_id,
+            version=result.version,
+            rollout_id=result.rollout_id,
+            rollout=result.dry_run,
+        ),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from domain.access import Principal
 from domain.entities import Versioned
@@ -39,6 +40,8 @@ class CommandResult:
     resource_type: str
     resource_id: str
     version: int
+    rollout_id: str | None = None  # program.rollout's run
+    dry_run: dict[str, Any] | None = None  # program.rollout's dry run: what a run would do
 
     @property
     def resource_key(self) -> tuple[str, str]:

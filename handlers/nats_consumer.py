@@ -24,7 +24,14 @@ from handlers.answers import error_reply
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, CommandRequest, authorization_header
 from handlers.ports import CommandObserver, NoObserver, TokenVerifier
-from handlers.queries import QUERY_SUBJECT, OutcomeReader, command_outcome
+from handlers.queries import (
+    QUERY_SUBJECT,
+    ROLLOUT_QUERY_SUBJECT,
+    OutcomeReader,
+    RolloutReader,
+    command_outcome,
+    rollout_query,
+)
 from handlers.reply_subjects import ReplySubjects
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 from schemas.replies import Reply
@@ -181,6 +188,34 @@ def register_outcome_query(
         )
         if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", reply.command_id):
             await broker.publish(orjson.dumps(reply.to_wire()), subject=raw.reply)
+
+
+def register_rollout_query(
+    broker: NatsBroker,
+    verifier: TokenVerifier,
+    read_rollout: RolloutReader,
+    *,
+    replies: ReplySubjects | None = None,
+    observer: CommandObserver | None = None,
+) -> None:
+    """`careplan.query.rollout` (core NATS request-reply, queue group): a program rollout's progress."""
+    inboxes = replies or ReplySubjects.allowing()
+    watcher = observer or NoObserver()
+
+    @broker.subscriber(
+        ROLLOUT_QUERY_SUBJECT,
+        queue="careplan-query",
+        no_reply=True,
+        title=ROLLOUT_QUERY_SUBJECT,
+        description="A program rollout's progress: request {rollout_id} with the same JWT header.",
+    )
+    async def on_rollout_query(msg: NatsMessageParam) -> None:
+        raw = msg.raw_message
+        answer = await rollout_query(
+            raw.data or b"", dict(raw.headers or {}), verifier=verifier, read_rollout=read_rollout
+        )
+        if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", None):
+            await broker.publish(orjson.dumps(answer), subject=raw.reply)
 
 
 @dataclass(frozen=True, slots=True)

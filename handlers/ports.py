@@ -85,6 +85,69 @@ class CommitRecord:
     versions: tuple[NewVersion, ...] = ()
     provenance: AuditRecord | None = None
     outbox: tuple[OutboxMessage, ...] = ()
+    rollout: RolloutStart | None = None  # `program.rollout` starting a run
+    settled: PlanSettled | None = None  # a rollout's plan, migrated or passed over by this transaction
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStart:
+    """A rollout run (CONTRACT §10), written with the command that starts it: one `pending` row per plan,
+    and who started it (whose name each plan's Provenance carries)."""
+
+    rollout_id: uuid.UUID
+    program_id: str
+    target: str  # the canonical `<url>|<version>` the plans move to
+    plan_ids: tuple[str, ...]
+    started_by: dict[str, Any]
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettled:
+    """One plan of a rollout done with: `migrated` (its changes) or `skipped` (why)."""
+
+    rollout_id: uuid.UUID
+    plan_id: str
+    state: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """A run as stored, with its plans counted by state and its migrations' totals so far."""
+
+    rollout_id: uuid.UUID
+    program_id: str
+    target: str
+    status: str
+    started_by: dict[str, Any]
+    command_id: uuid.UUID
+    correlation_id: str | None
+    created: datetime
+    completed: datetime | None
+    counts: dict[str, int]  # plans by state: pending, migrated, skipped
+    totals: dict[str, int]  # items added, cancelled, updated, kept over the migrated plans
+    conflicts: list[dict[str, Any]]  # the first plans with kept items: plan id and keys
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutCandidate:
+    """A plan a rollout may cover, as its row says: the canonicals it follows and its status."""
+
+    plan_id: str
+    status: str
+    instantiates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedItem:
+    """A goal or task made from a program key, with what its progress is judged on (a dry run's view)."""
+
+    plan_id: str
+    key: str
+    resource_type: str  # Goal or Task
+    status: str
+    achievement: str | None = None
 
 
 class AlreadyRecorded(Exception):
@@ -129,6 +192,20 @@ class Transaction(Protocol):
     async def latest_program_version(self, name: str) -> int:
         """The highest business version of the program `name` (0 if none), the name locked until commit:
         defines of one name number their versions in turn."""
+        ...
+
+    async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
+        """The plans named (whatever they follow), or when None every open plan following a version of
+        the program `url`; unlocked."""
+        ...
+
+    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+        """Every goal and task of these plans that a program key made; unlocked."""
+        ...
+
+    async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:
+        """A plan of the rollout still `pending` that no other transaction holds, its row locked until
+        commit; None when there is none left to take."""
         ...
 
     async def commit(self, record: CommitRecord) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from domain.access import Permission
-from handlers import activities, care_plans, care_teams, goals, programs
+from handlers import activities, care_plans, care_teams, goals, programs, rollouts
 from handlers.context import CommandContext
 from handlers.unit_of_work import UnitOfWork
 from schemas import commands as wire
@@ -251,6 +251,26 @@ _STANDARD = (
         ("program.published", "program.retired"),
         VersionCheck.OPTIONAL,
         "program",
+    ),
+    CommandSpec(
+        "program.rollout",
+        wire.ProgramRollout,
+        _P.PROGRAM_WRITE,
+        rollouts.rollout,
+        HttpRoute("POST", f"{_PROGRAM}/rollouts", "Move enrolled plans to this version (dry run by default)"),
+        # Sent by the run, from the worker: per plan, and once at the end.
+        (
+            "careplan.migrated",
+            "goal.added",
+            "goal.updated",
+            "goal.status_changed",
+            "activity.added",
+            "activity.updated",
+            "activity.status_changed",
+            "program.rollout_completed",
+        ),
+        VersionCheck.NONE,
+        None,
     ),
 )
 

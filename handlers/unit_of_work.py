@@ -3,6 +3,8 @@ it turns what changed into everything the command writes (cosmicpython's unit of
 
 from __future__ import annotations
 
+import uuid
+
 from domain.care_plan import CarePlanAggregate
 from domain.errors import NotFound
 from domain.events import DomainEvent
@@ -14,8 +16,12 @@ from handlers.ports import (
     AuditRecord,
     CommandOutcome,
     CommitRecord,
+    KeyedItem,
     NewVersion,
     OutboxMessage,
+    PlanSettled,
+    RolloutCandidate,
+    RolloutStart,
     Transaction,
 )
 from schemas.events import CloudEvent, audit_subject, event_subject
@@ -36,6 +42,8 @@ class UnitOfWork:
         self._ctx = ctx
         self._seen: dict[str, CarePlanAggregate] = {}
         self._programs: dict[str, ProgramAggregate] = {}
+        self._rollout: RolloutStart | None = None
+        self._settled: PlanSettled | None = None
         self.answer: Reply | None = None
 
     # --- what a use case reads ---
@@ -93,6 +101,10 @@ class UnitOfWork:
             raise NotFound("PlanDefinition", program)
         return aggregate
 
+    async def find_program_version(self, name: str, program_version: str) -> ProgramAggregate | None:
+        """Version `program_version` of the program `name`, held as `program_to_enrol` holds it."""
+        return await self._transaction.find_program(name, program_version)
+
     async def next_program_version(self, name: str) -> str:
         """The business version a new version of `name` takes ("1" for a new name)."""
         return str(await self._transaction.latest_program_version(name) + 1)
@@ -100,7 +112,33 @@ class UnitOfWork:
     def add_program(self, aggregate: ProgramAggregate) -> None:
         self._programs[aggregate.program.id] = aggregate
 
+    # --- rollouts (CONTRACT §10) ---
+
+    async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
+        return await self._transaction.plans_following(url, plan_ids)
+
+    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+        return await self._transaction.keyed_items(plan_ids)
+
+    async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:
+        return await self._transaction.claim_rollout_plan(rollout_id)
+
+    def start_rollout(self, rollout: RolloutStart) -> None:
+        """A run to write at commit, with its plans pending."""
+        self._rollout = rollout
+
+    def settle(self, settled: PlanSettled) -> None:
+        """A rollout's plan done with, in the transaction that migrates it (or passes it over)."""
+        self._settled = settled
+
     # --- the end of a command ---
+
+    def answer_without_writing(self, result: CommandResult) -> None:
+        """A command that only looks (a rollout's dry run): answered, nothing written, not even its
+        outcome; the transaction rolls back. A redelivery looks again."""
+        if self.answer is not None:
+            raise RuntimeError("a unit of work answers once")
+        self.answer = success_reply(str(self._ctx.command_id), result)
 
     async def commit(self, result: CommandResult) -> None:
         """Write every change of the aggregates seen, the events and audit they make, and the outcome
@@ -120,7 +158,14 @@ class UnitOfWork:
             provenance, audit_event = self._audit(versions, operation, patient_id)
             outbox.append(audit_event)
         position = await self._transaction.commit(
-            CommitRecord(self._outcome(reply), tuple(versions), provenance, tuple(outbox))
+            CommitRecord(
+                self._outcome(reply),
+                tuple(versions),
+                provenance,
+                tuple(outbox),
+                rollout=self._rollout,
+                settled=self._settled,
+            )
         )
         for aggregate in self._aggregates():
             aggregate.mark_stored()
@@ -157,6 +202,7 @@ class UnitOfWork:
             raise RuntimeError("a unit of work commits once")
         self._seen.clear()
         self._programs.clear()
+        self._rollout = None
         await self._transaction.commit(CommitRecord(self._outcome(reply)))
         self.answer = reply
 

@@ -413,3 +413,13 @@ class CarePlanEnroll(WireModel):
     title: ShortText | None = None
     skip: list[ProgramKey] = Field(default_factory=list, max_length=150)
     owners: dict[ProgramKey, FhirId] = Field(default_factory=dict, max_length=100)
+
+
+class ProgramRollout(WireModel):
+    """`program.rollout`: move plans following older versions of a program to this (active) version. A dry
+    run (the default) answers what a run would do and writes nothing; a run is worked in the background."""
+
+    program_id: FhirId
+    # Default: every open plan of the tenant following an older version of the program's name.
+    care_plan_ids: list[FhirId] | None = Field(default=None, min_length=1, max_length=5000)
+    dry_run: bool = True

@@ -33,6 +33,19 @@ class ResultBody(BaseModel):
         ),
     )
 
+    rollout_id: str | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_without_default,
+        description="`program.rollout` run (202): its id, for `careplan.query.rollout` and "
+        "`GET /api/v1/rollouts/{rollout_id}`.",
+    )
+    rollout: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_without_default,
+        description="`program.rollout` dry run (200): what a run would do — `totals`, `changes` (plans "
+        "with the same `from`, `add`, `cancel`, `update` and `keep` keys, grouped) and `skipped`.",
+    )
+
 
 class ErrorBody(BaseModel):
     code: str

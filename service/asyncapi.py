@@ -61,6 +61,7 @@ EVENTS: dict[str, str] = {
     "activity.assigned": "activity.assign; data adds from and to (owner ids).",
     "activity.status_changed": "activity.change_status, or the plan's hold/resume; adds from, to, reason.",
     "activity.completed": "An activity reached completed; data as activity.status_changed.",
+    "activity.updated": "A rollout rewrote a not-started Task from its new template; data adds changed.",
     "careteam.member_added": "careteam.add_member; data adds member_id.",
     "careteam.member_updated": "careteam.update_member; data adds member_id.",
     "careteam.member_removed": "careteam.remove_member; data adds member_id.",
@@ -69,6 +70,14 @@ EVENTS: dict[str, str] = {
     "program.updated": "program.update changed a draft program version.",
     "program.published": "program.change_status to active; data adds from, to, reason.",
     "program.retired": "program.change_status to retired; data adds from, to, reason.",
+    "careplan.migrated": (
+        "A program rollout moved the plan to a new version; data adds from, to (canonicals), added, "
+        "cancelled, updated, kept (keys), rollout_id, program_id."
+    ),
+    "program.rollout_completed": (
+        "A rollout run finished; data adds rollout_id, program_id, to, and totals (plans migrated, skipped; "
+        "items added, cancelled, updated, kept). No resource."
+    ),
     "metrics.goal_achievement": "Scheduler, per tenant and period: goal counts by status (no resource).",
 }
 

@@ -20,7 +20,7 @@ from fhir_read.routes import add_fhir_routes
 from handlers.errors import Rejection
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
-from handlers.queries import stored_outcome
+from handlers.queries import RolloutReader, rollout_progress, stored_outcome
 from service.openapi import OPENAPI_PATH, openapi_document
 from service.rest_api import CORRELATION_HEADER, add_command_routes
 from service.telemetry import ServiceMetrics
@@ -37,6 +37,7 @@ _READINESS: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
 RelayRole = Callable[[], str]
 _RELAY_ROLE: web.AppKey[RelayRole] = web.AppKey("relay_role")
 _METRICS = web.AppKey("metrics", ServiceMetrics)
+_ROLLOUTS: web.AppKey[RolloutReader] = web.AppKey("rollouts")
 # Probes and scrapes come every few seconds from machines: logged at DEBUG, so INFO is people's traffic.
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -52,6 +53,7 @@ def create_http_app(
     processor: CommandProcessor | None = None,
     metrics: ServiceMetrics | None = None,
     reads: ReadRouter | None = None,
+    read_rollout: RolloutReader | None = None,
 ) -> web.Application:
     """`engine` is the primary's (command outcomes, and FHIR reads unless `reads` routes them elsewhere)."""
     metrics = metrics or ServiceMetrics()
@@ -71,6 +73,9 @@ def create_http_app(
         public_base_url=public_base_url,
     )
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
+    if read_rollout is not None:
+        app[_ROLLOUTS] = read_rollout
+        app.router.add_get("/api/v1/rollouts/{rollout_id}", rollout_route)
     if processor is not None:
         add_command_routes(app, processor, fhir_base=public_base_url)
         document = orjson.dumps(openapi_document(processor.commands))
@@ -112,6 +117,20 @@ async def command_outcome_route(request: web.Request) -> web.Response:
         status = rejection.status
         return problem(status, HTTPStatus(status).phrase, code=rejection.code.value, detail=rejection.message)
     return web.Response(body=orjson.dumps(outcome.to_wire()), content_type="application/json")
+
+
+async def rollout_route(request: web.Request) -> web.Response:
+    """A program rollout's progress (CONTRACT §10), as `careplan.query.rollout` answers it."""
+    try:
+        principal = await authenticate(request, request.app[_VERIFIER])
+    except Unauthenticated as exc:
+        return problem(401, "Unauthenticated", code="UNAUTHENTICATED", detail=str(exc))
+    try:
+        progress = await rollout_progress(principal, request.match_info["rollout_id"], request.app[_ROLLOUTS])
+    except Rejection as rejection:
+        status = rejection.status
+        return problem(status, HTTPStatus(status).phrase, code=rejection.code.value, detail=rejection.message)
+    return web.Response(body=orjson.dumps(progress), content_type="application/json")
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -63,6 +63,7 @@ class RunningService:
     relay_task: asyncio.Task[None] | None = None
     scheduler: Scheduler | None = None
     scheduler_task: asyncio.Task[None] | None = None
+    rollout_task: asyncio.Task[None] | None = None
     read_engine: AsyncEngine | None = None  # CAREPLAN_READ_DATABASE_URL's replica, when set
 
     @property
@@ -82,7 +83,7 @@ class RunningService:
         self.drain.begin(self.settings.shutdown_grace_s)
         await asyncio.gather(self.broker.stop(), self.http_runner.cleanup())
         self.stop_event.set()
-        for task in (self.relay_task, self.scheduler_task):
+        for task in (self.relay_task, self.scheduler_task, self.rollout_task):
             if task is not None:
                 await task
         with contextlib.suppress(Exception):
@@ -135,6 +136,7 @@ async def start_service(settings: Settings) -> RunningService:
     service.relay_task = asyncio.create_task(wiring.relay.run(service.stop_event), name="outbox-relay")
     service.scheduler = wiring.scheduler
     service.scheduler_task = asyncio.create_task(wiring.scheduler.run(service.stop_event), name="scheduler")
+    service.rollout_task = asyncio.create_task(wiring.rollouts.run(service.stop_event), name="rollouts")
     log.info("care-plan-service started", extra={"http": service.http_url})
     return service
 

@@ -17,6 +17,7 @@ from integrations.upstream import circuit_states
 from service.telemetry import ServiceMetrics
 from storage.outbox_relay import OutboxRelay, outbox_backlog
 from storage.read_routing import ReadRouter, replica_lag
+from storage.rollout_store import SqlRolloutStore
 
 NATS_TIMEOUT_S = 1.5
 
@@ -30,6 +31,7 @@ def watch_at_scrape(
     upstream: UpstreamServices | None,
     signing_keys: JwksSource,
     reads: ReadRouter | None = None,
+    rollouts: SqlRolloutStore | None = None,
 ) -> None:
     async def outbox() -> None:
         backlog = await outbox_backlog(system_engine)
@@ -56,6 +58,15 @@ def watch_at_scrape(
 
     for source, refresh in (("outbox", outbox), ("consumer", consumer), ("dlq", dlq), ("process", process)):
         metrics.on_scrape(source, refresh)
+    if rollouts is not None:
+        store = rollouts
+
+        async def rollout_progress() -> None:
+            pending, age_s = await store.pending()
+            metrics.rollout_pending.set(pending)
+            metrics.rollout_lag.set(age_s)
+
+        metrics.on_scrape("rollouts", rollout_progress)
     if reads is not None and reads.replica is not None:
         primary, replica = reads.primary, reads.replica
 

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, description="outbox polling when no NOTIFY arrives"
     )
+    rollout_concurrency: int = Field(
+        default=4, ge=1, le=64, description="plans a process migrates at once, over all the rollouts it works"
+    )
+    rollout_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="how often a process looks for running rollouts to work"
+    )
     role_permissions: dict[str, list[str]] | None = Field(
         default=None,
         description='JSON {"role": ["careplan:write", …]} replacing the default role table',

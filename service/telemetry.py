@@ -95,6 +95,25 @@ class ServiceMetrics:
             "Age of the oldest outbox row waiting to be published (0 when none waits)",
             registry=r,
         )
+        self.rollout_plans = Counter(
+            "careplan_rollout_plans",
+            "Plans of program rollouts this process settled, by state (migrated, skipped)",
+            ["state"],
+            registry=r,
+        )
+        self.rollout_conflicts = Counter(
+            "careplan_rollout_conflicts",
+            "Items a rollout left alone because clinicians had started them (reported as kept)",
+            registry=r,
+        )
+        self.rollout_pending = Gauge(
+            "careplan_rollout_pending_plans", "Plans still pending in running rollouts", registry=r
+        )
+        self.rollout_lag = Gauge(
+            "careplan_rollout_lag_seconds",
+            "Age of the oldest running rollout with plans pending (0 when none)",
+            registry=r,
+        )
         self.events_published = Counter(
             "careplan_outbox_published", "Outbox rows this process published to JetStream", registry=r
         )
@@ -257,6 +276,18 @@ class JwksTelemetry:
 
     def jwks_refreshed(self, outcome: str) -> None:
         self._metrics.jwks_refreshes.labels(outcome).inc()
+
+
+class RolloutTelemetry:
+    """The rollout worker's observer: plans settled and the conflicts they reported."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def plan_settled(self, state: str, kept: int) -> None:
+        self._metrics.rollout_plans.labels(state).inc()
+        if kept:
+            self._metrics.rollout_conflicts.inc(kept)
 
 
 class ReadTelemetry:

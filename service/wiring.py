@@ -25,6 +25,7 @@ from handlers.nats_consumer import (
     Drain,
     register_command_consumer,
     register_outcome_query,
+    register_rollout_query,
 )
 from handlers.pipeline import CommandProcessor
 from handlers.ports import UpstreamServices
@@ -33,13 +34,15 @@ from handlers.reply_subjects import ReplySubjects
 from integrations.identity import JwksSource, JwtVerifier
 from integrations.upstream import UpstreamSettings, UpstreamSubjects, nats_upstream_services
 from service.http import create_http_app
+from service.rollouts import RolloutWorker
 from service.scheduler import Scheduler, utc_now
 from service.scrape_gauges import watch_at_scrape
 from service.settings import Settings
-from service.telemetry import CommandTelemetry, JwksTelemetry, ReadTelemetry, ServiceMetrics
+from service.telemetry import CommandTelemetry, JwksTelemetry, ReadTelemetry, RolloutTelemetry, ServiceMetrics
 from storage.outbox_relay import OutboxRelay, RelaySettings
 from storage.read_routing import ReadRouter
 from storage.reads import ping, read_command_outcome
+from storage.rollout_store import SqlRolloutStore
 from storage.schedule_store import SqlScheduleStore
 from storage.transaction import SqlTransaction
 
@@ -77,6 +80,7 @@ class Wiring:
     metrics: ServiceMetrics
     drain: Drain
     scheduler: Scheduler
+    rollouts: RolloutWorker
 
 
 def delivery_policy(settings: Settings) -> DeliveryPolicy:
@@ -143,6 +147,8 @@ def wire_service(
         replies=replies,
         observer=telemetry,
     )
+    rollout_store = SqlRolloutStore(connections.system_engine, runtime_engine)
+    register_rollout_query(broker, verifier, rollout_store.read, replies=replies, observer=telemetry)
     readiness = _readiness(broker, connections, metrics, stopping)
 
     async def refresh_readiness() -> None:
@@ -163,6 +169,7 @@ def wire_service(
         upstream=upstream,
         signing_keys=signing_keys,
         reads=reads,
+        rollouts=rollout_store,
     )
     app = create_http_app(
         runtime_engine,
@@ -174,6 +181,7 @@ def wire_service(
         processor=processor,
         metrics=metrics,
         reads=reads,
+        read_rollout=rollout_store.read,
     )
     return Wiring(
         broker,
@@ -183,6 +191,12 @@ def wire_service(
         metrics,
         drain,
         scheduler_for(settings, connections.system_engine),
+        RolloutWorker(
+            rollout_store,
+            concurrency=settings.rollout_concurrency,
+            poll_interval_s=settings.rollout_poll_interval_s,
+            observer=RolloutTelemetry(metrics),
+        ),
     )
 
 

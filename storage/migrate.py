@@ -24,6 +24,8 @@ RUNTIME_GRANTS: dict[str, str] = {
     "tasks": "SELECT, INSERT, UPDATE",
     "care_teams": "SELECT, INSERT, UPDATE",
     "plan_definitions": "SELECT, INSERT, UPDATE",
+    "rollouts": "SELECT, INSERT, UPDATE",
+    "rollout_plans": "SELECT, INSERT, UPDATE",
     "resource_history": "SELECT, INSERT",
     "provenance": "SELECT, INSERT",
     "command_log": "SELECT, INSERT",
@@ -44,6 +46,10 @@ SYSTEM_GRANTS: dict[str, str] = {
     "care_plans": "SELECT, UPDATE (last_updated)",
     "goals": "SELECT",
     "schedule_markers": "SELECT, INSERT",
+    # The rollout worker finds the running rollouts of every tenant (it works each as its tenant); the
+    # metrics count what they have left.
+    "rollouts": "SELECT",
+    "rollout_plans": "SELECT",
 }
 
 

@@ -102,6 +102,35 @@ plan_definitions = Table(
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
+# A program rollout's run (CONTRACT §10) and the state of each plan it covers.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("program_id", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("started_by", JSONB, nullable=False),
+    Column("command_id", Uuid, nullable=False),
+    Column("correlation_id", Text),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("completed", DateTime(timezone=True)),
+    Column("totals", JSONB),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+rollout_plans = Table(
+    "rollout_plans",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("rollout_id", Uuid, nullable=False),
+    Column("plan_id", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("changes", JSONB),
+    Column("settled", DateTime(timezone=True)),
+    PrimaryKeyConstraint("tenant_id", "rollout_id", "plan_id"),
+)
+
 # Every version of every FHIR resource we own, as served by vread and _history.
 resource_history = Table(
     "resource_history",
@@ -231,6 +260,8 @@ TENANT_TABLES: tuple[str, ...] = (
     "tasks",
     "care_teams",
     "plan_definitions",
+    "rollouts",
+    "rollout_plans",
     "resource_history",
     "provenance",
     "command_log",

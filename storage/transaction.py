@@ -23,8 +23,8 @@ from domain.access import TENANT_ID
 from domain.care_plan import CarePlanAggregate
 from domain.errors import Unavailable
 from domain.programs import ProgramAggregate
-from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
-from storage import aggregates
+from handlers.ports import AlreadyRecorded, CommitRecord, KeyedItem, RolloutCandidate, StoredOutcome
+from storage import aggregates, rollouts
 from storage.errors import describe, is_transient
 from storage.wal_position import CURRENT_POSITION
 from storage.write_batch import commit_statement
@@ -105,6 +105,17 @@ class SqlTransaction:
 
     async def latest_program_version(self, name: str) -> int:
         return await aggregates.latest_program_version(self.db, self.tenant_id, name)
+
+    # --- rollouts (CONTRACT §10) ---
+
+    async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
+        return await rollouts.plans_following(self.db, self.tenant_id, url, plan_ids)
+
+    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+        return await rollouts.keyed_items(self.db, self.tenant_id, plan_ids)
+
+    async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:
+        return await rollouts.claim_plan(self.db, self.tenant_id, rollout_id)
 
     # --- the end ---
 

@@ -140,6 +140,26 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
             "o_subject": [m.subject for m in record.outbox],
             "o_payload": [m.payload for m in record.outbox],
         }
+    if record.rollout is not None:
+        ctes += _ROLLOUT_CTES
+        rollout = record.rollout
+        params |= {
+            "r_id": rollout.rollout_id,
+            "r_program": rollout.program_id,
+            "r_target": rollout.target,
+            "r_started_by": json_text(rollout.started_by),
+            "r_created": rollout.created,
+            "r_plans": list(rollout.plan_ids),
+        }
+    if record.settled is not None:
+        ctes.append(_SETTLE_CTE)
+        settled = record.settled
+        params |= {
+            "s_rollout": settled.rollout_id,
+            "s_plan": settled.plan_id,
+            "s_state": settled.state,
+            "s_changes": json_text(settled.changes),
+        }
     outcome = record.outcome
     ctes.append(
         "w_outcome AS (INSERT INTO command_log (tenant_id, command_id, command_type, request_hash, status, "
@@ -157,6 +177,22 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
     }
     sql, names = _statement(tuple(ctes), " + ".join(written) or "0")
     return sql, [params[name] for name in names]
+
+
+# A run and its plans, pending (CONTRACT §10).
+_ROLLOUT_CTES = (
+    "w_rollout AS (INSERT INTO rollouts (tenant_id, id, program_id, target, status, started_by, command_id, "
+    "correlation_id, created) VALUES (:tenant, :r_id, :r_program, :r_target, 'running', "
+    "CAST(:r_started_by AS jsonb), :command_id, :c_correlation, :r_created) RETURNING id)",
+    "w_rollout_plans AS (INSERT INTO rollout_plans (tenant_id, rollout_id, plan_id, state) "
+    "SELECT :tenant, (SELECT id FROM w_rollout), p, 'pending' FROM unnest(CAST(:r_plans AS text[])) AS p)",
+)
+# A plan the rollout worker claimed (its row is locked): settled with the migration, in the same commit.
+_SETTLE_CTE = (
+    "w_settled AS (UPDATE rollout_plans SET state = :s_state, changes = CAST(:s_changes AS jsonb), "
+    "settled = now() WHERE tenant_id = :tenant AND rollout_id = :s_rollout AND plan_id = :s_plan "
+    "AND state = 'pending')"
+)
 
 
 @functools.lru_cache(maxsize=128)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from domain import care_plan, programs
-from handlers import scheduler
+from handlers import rollouts, scheduler
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, COMMAND_SUBJECTS
 from handlers.queries import QUERY_SUBJECT
 from handlers.registry import VersionCheck, standard_commands
@@ -85,7 +85,7 @@ def test_every_versioned_command_says_whose_version_it_checks(document: dict[str
 
 
 def test_every_event_the_domain_can_emit_has_a_channel(document: dict[str, Any]) -> None:
-    # given the event names the aggregate and the scheduler can emit
+    # given the event names the aggregate, the scheduler and the rollout worker can emit
     emitted = (
         _event_names_in(care_plan)
         | _event_names_in(programs)
@@ -93,6 +93,7 @@ def test_every_event_the_domain_can_emit_has_a_channel(document: dict[str, Any])
             scheduler.GOAL_OVERDUE,
             scheduler.REVIEW_DUE,
             scheduler.GOAL_ACHIEVEMENT,
+            rollouts.ROLLOUT_COMPLETED,
         }
     )
     # then each has its channel, and the document lists no event that nothing emits

@@ -12,7 +12,8 @@ from typing import Any, Self
 from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal
 from domain.programs import Program, ProgramAggregate
-from handlers.ports import AlreadyRecorded, CommitRecord, StoredOutcome
+from domain.statuses import CAREPLAN_CLOSED
+from handlers.ports import AlreadyRecorded, CommitRecord, KeyedItem, RolloutCandidate, StoredOutcome
 
 
 @dataclass
@@ -23,6 +24,8 @@ class InMemoryDatabase:
     programs: dict[tuple[str, str], Program] = field(default_factory=dict)
     outcomes: dict[tuple[str, uuid.UUID], StoredOutcome] = field(default_factory=dict)
     commits: list[CommitRecord] = field(default_factory=list)
+    # Rollout runs' plans: (tenant, rollout id) → plan id → state (pending, migrated, skipped).
+    rollout_plans: dict[tuple[str, uuid.UUID], dict[str, str]] = field(default_factory=dict)
 
     def transaction(self, tenant_id: str) -> InMemoryTransaction:
         return InMemoryTransaction(self, tenant_id)
@@ -98,6 +101,37 @@ class InMemoryTransaction:
         stored = self._database.plans.get((self.tenant_id, plan_id))
         return None if stored is None else stored.plan.patient_id
 
+    async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
+        plans = [a.plan for (t, _), a in sorted(self._database.plans.items()) if t == self.tenant_id]
+        if plan_ids is not None:
+            plans = [p for p in plans if p.id in plan_ids]
+        else:
+            plans = [
+                p
+                for p in plans
+                if p.status not in CAREPLAN_CLOSED and any(c.partition("|")[0] == url for c in p.instantiates)
+            ]
+        return [RolloutCandidate(p.id, p.status.value, p.instantiates) for p in plans]
+
+    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+        items: list[KeyedItem] = []
+        for plan_id in plan_ids:
+            aggregate = self._database.plans[(self.tenant_id, plan_id)]
+            for goal in aggregate.goals.values():
+                if goal.program_key:
+                    achievement = goal.achievement_status.value if goal.achievement_status else None
+                    items.append(
+                        KeyedItem(plan_id, goal.program_key, "Goal", goal.lifecycle_status.value, achievement)
+                    )
+            for task in aggregate.activities.values():
+                if task.program_key:
+                    items.append(KeyedItem(plan_id, task.program_key, "Task", task.status.value))
+        return items
+
+    async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:
+        states = self._database.rollout_plans.get((self.tenant_id, rollout_id), {})
+        return next((p for p, state in sorted(states.items()) if state == "pending"), None)
+
     async def commit(self, record: CommitRecord) -> str | None:
         if self.committed:
             raise RuntimeError("committed twice")
@@ -106,6 +140,14 @@ class InMemoryTransaction:
             raise AlreadyRecorded(str(outcome.command_id))  # as the command log's key refuses it
         for version in record.versions:
             self._store(copy.deepcopy(version.entity))
+        if record.rollout is not None:
+            key = (self.tenant_id, record.rollout.rollout_id)
+            self._database.rollout_plans[key] = dict.fromkeys(record.rollout.plan_ids, "pending")
+        if record.settled is not None:
+            states = self._database.rollout_plans[(self.tenant_id, record.settled.rollout_id)]
+            if states[record.settled.plan_id] != "pending":
+                raise RuntimeError(f"{record.settled.plan_id} settled twice")
+            states[record.settled.plan_id] = record.settled.state
         self._database.outcomes[(self.tenant_id, outcome.command_id)] = StoredOutcome(
             outcome.command_type, outcome.request_hash, outcome.status, outcome.reply
         )

@@ -16,6 +16,7 @@ from domain.access import Principal
 from handlers.context import CommandContext
 from handlers.ports import CommitRecord
 from handlers.registry import Commands, standard_commands
+from handlers.rollouts import PlanOutcome, RolloutRun, migrate_next_plan
 from handlers.unit_of_work import UnitOfWork
 from schemas.replies import Reply
 from tests.unit.use_cases.fake_transaction import InMemoryDatabase
@@ -38,9 +39,10 @@ class Clinic:
         return uuid.UUID(int=next(self._ids) + 1)
 
     async def run(
-        self, command: str, data: dict[str, Any], *, expected_version: int | None = None
+        self, command: str, data: dict[str, Any], *, expected_version: int | None = None, writes: bool = True
     ) -> Outcome:
-        """`command` with `data`: its reply, and the record it committed."""
+        """`command` with `data`: its reply, and the record it committed (for a command that only looks,
+        `writes=False`: the reply, and the last record committed before it)."""
         spec = self.commands[command]
         self.now += timedelta(minutes=1)
         ctx = CommandContext(
@@ -57,9 +59,40 @@ class Clinic:
         async with self.database.transaction(TENANT) as transaction:
             uow = UnitOfWork(transaction, ctx)
             await spec.execute(spec.data_model.model_validate(data), ctx, uow)
-        assert uow.answer is not None, f"{command} did not commit"
-        assert len(self.database.commits) == commits_before + 1
+        assert uow.answer is not None, f"{command} did not answer"
+        assert len(self.database.commits) == commits_before + (1 if writes else 0)
         return Outcome(uow.answer, self.database.commits[-1])
+
+    def rollout_run(self, rollout_id: str) -> RolloutRun:
+        """A run the rollout command started, as the worker reads it."""
+        record = next(
+            c.rollout for c in self.database.commits if c.rollout and str(c.rollout.rollout_id) == rollout_id
+        )
+        programs = [p for (t, _), p in self.database.programs.items() if t == TENANT]
+        target = next(p for p in programs if p.id == record.program_id)
+        return RolloutRun(
+            rollout_id=record.rollout_id,
+            tenant_id=TENANT,
+            target=target,
+            versions={p.canonical: p for p in programs if p.name == target.name},
+            started_by=record.started_by,
+            correlation_id="corr-1",
+        )
+
+    async def migrate(self, run: RolloutRun) -> list[tuple[PlanOutcome, Outcome]]:
+        """The worker's work on `run`: every pending plan, one transaction each, until none is left."""
+        done: list[tuple[PlanOutcome, Outcome]] = []
+        while True:
+            self.now += timedelta(minutes=1)
+            async with self.database.transaction(TENANT) as transaction:
+                outcome = await migrate_next_plan(
+                    run, transaction, clock=lambda: self.now, new_id=self.new_id
+                )
+            if outcome is None:
+                return done
+            record = self.database.commits[-1]
+            reply = Reply.model_validate(record.outcome.reply)
+            done.append((outcome, Outcome(reply, record)))
 
     async def plan(self, **fields: Any) -> str:
         """Given: an active plan of patient p1 (or as `fields` say); its id."""

@@ -1,0 +1,62 @@
+"""A rollout's reads inside a command's or a migration's transaction (CONTRACT §10): the plans a rollout may
+cover, what their keyed items say for a dry run, and the claim of a run's next plan."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import orjson
+
+from domain.statuses import CAREPLAN_CLOSED
+from handlers.ports import KeyedItem, RolloutCandidate
+
+_CLOSED = [s.value for s in CAREPLAN_CLOSED]
+_NAMED_PLANS = (
+    "SELECT id, status, state -> 'instantiates' FROM care_plans WHERE tenant_id = $1 AND id = ANY($2::text[])"
+)
+# Open plans with a canonical of the program's url (`<url>|<version>`).
+_FOLLOWING = (
+    "SELECT id, status, state -> 'instantiates' FROM care_plans "
+    "WHERE tenant_id = $1 AND NOT status = ANY($3::text[]) AND EXISTS ("
+    "SELECT 1 FROM jsonb_array_elements_text(state -> 'instantiates') AS c WHERE split_part(c, '|', 1) = $2) "
+    "ORDER BY id"
+)
+_KEYED_GOALS = (
+    "SELECT plan_id, state ->> 'program_key', lifecycle_status, achievement_status FROM goals "
+    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL"
+)
+_KEYED_TASKS = (
+    "SELECT plan_id, state ->> 'program_key', status FROM tasks "
+    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL"
+)
+_CLAIM = (
+    "SELECT plan_id FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 AND state = 'pending' "
+    "ORDER BY plan_id LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+
+
+async def plans_following(
+    conn: asyncpg.Connection, tenant_id: str, url: str, plan_ids: list[str] | None
+) -> list[RolloutCandidate]:
+    if plan_ids is None:
+        rows = await conn.fetch(_FOLLOWING, tenant_id, url, _CLOSED)
+    else:
+        rows = await conn.fetch(_NAMED_PLANS, tenant_id, plan_ids)
+    return [
+        RolloutCandidate(plan_id, status, tuple(orjson.loads(follows or "[]")))
+        for plan_id, status, follows in rows
+    ]
+
+
+async def keyed_items(conn: asyncpg.Connection, tenant_id: str, plan_ids: list[str]) -> list[KeyedItem]:
+    goals = await conn.fetch(_KEYED_GOALS, tenant_id, plan_ids)
+    tasks = await conn.fetch(_KEYED_TASKS, tenant_id, plan_ids)
+    return [KeyedItem(p, k, "Goal", s, a) for p, k, s, a in goals] + [
+        KeyedItem(p, k, "Task", s) for p, k, s in tasks
+    ]
+
+
+async def claim_plan(conn: asyncpg.Connection, tenant_id: str, rollout_id: uuid.UUID) -> str | None:
+    plan_id: str | None = await conn.fetchval(_CLAIM, tenant_id, rollout_id)
+    return plan_id
