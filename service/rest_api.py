@@ -19,7 +19,7 @@ from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY
 from handlers.errors import ErrorCode, Rejection
 from handlers.pipeline import CommandProcessor, CommandRequest, parse_json_object
-from handlers.registry import CommandSpec, VersionCheck
+from handlers.registry import API_PREFIX, CommandSpec, VersionCheck
 from schemas.commands import MAX_BODY_BYTES
 from schemas.replies import POSITION_HEADER, Reply
 
@@ -183,7 +183,8 @@ def correlation_id(headers: Mapping[str, str]) -> str | None:
 
 
 def reply_response(reply: Reply, request: web.Request, fhir_base: str | None) -> web.Response:
-    """A success is the reply's `result` with the resource's ETag (and Location, when created)."""
+    """A success is the reply's `result` with the resource's ETag (and Location, when created, or where a
+    started rollout reports its progress)."""
     if reply.error is not None or reply.result is None:
         error = reply.error
         rejection = (
@@ -204,6 +205,8 @@ def reply_response(reply: Reply, request: web.Request, fhir_base: str | None) ->
     if reply.status == 201:
         base = (fhir_base or f"{request.url.origin()}/fhir").rstrip("/")
         response.headers["Location"] = f"{base}/{result.resource_type}/{result.id}"
+    elif reply.status == 202 and result.rollout_id is not None:
+        response.headers["Location"] = f"{request.url.origin()}{API_PREFIX}/rollouts/{result.rollout_id}"
     if reply.command_id:
         response.headers["Idempotency-Key"] = reply.command_id
     return response

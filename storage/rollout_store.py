@@ -44,7 +44,7 @@ _COUNTS = (
     "FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 GROUP BY state"
 )
 _CONFLICTS = (
-    "SELECT plan_id, changes -> 'kept' FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 "
+    "SELECT plan_id, (changes -> 'kept')::text FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 "
     "AND state = 'migrated' AND jsonb_array_length(changes -> 'kept') > 0 ORDER BY plan_id LIMIT $3"
 )
 _COMPLETE = (

@@ -13,11 +13,11 @@ from handlers.ports import KeyedItem, RolloutCandidate
 
 _CLOSED = [s.value for s in CAREPLAN_CLOSED]
 _NAMED_PLANS = (
-    "SELECT id, status, state -> 'instantiates' FROM care_plans WHERE tenant_id = $1 AND id = ANY($2::text[])"
+    "SELECT id, status, (state -> 'instantiates')::text FROM care_plans WHERE tenant_id = $1 AND id = ANY($2::text[])"
 )
 # Open plans with a canonical of the program's url (`<url>|<version>`).
 _FOLLOWING = (
-    "SELECT id, status, state -> 'instantiates' FROM care_plans "
+    "SELECT id, status, (state -> 'instantiates')::text FROM care_plans "
     "WHERE tenant_id = $1 AND NOT status = ANY($3::text[]) AND EXISTS ("
     "SELECT 1 FROM jsonb_array_elements_text(state -> 'instantiates') AS c WHERE split_part(c, '|', 1) = $2) "
     "ORDER BY id"

@@ -1,0 +1,256 @@
+"""Program rollouts through the real service (CONTRACT §10): define → publish → enrol → start an activity →
+v2 → dry run (nothing written) → run, worked by the service's own worker → each plan at v2 by the rules,
+once; progress over NATS and REST; events; a second rollout migrates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.fhir_validation import validate_resource
+from service.client import envelope, send_command
+from service.runner import RunningService
+from tests.conftest import TokenFactory
+from tests.integration.commands import Caller, RestCaller
+from tests.integration.fhir_client import fhir_get
+from tests.integration.helpers import count_rows
+from tests.outbox_ledger import OUTBOX_LEDGER
+
+STAFF = ["clinician", "program-author"]
+V1: dict[str, Any] = {
+    "name": "type-2-diabetes",
+    "title": "Type 2 diabetes",
+    "goals": [{"key": "a1c", "description": {"text": "HbA1c below 7 %"}}],
+    "activities": [
+        {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"},
+        {"key": "foot-exam", "description": "Foot examination", "start_after": "P3M"},
+    ],
+}
+V2: dict[str, Any] = V1 | {
+    "activities": [
+        {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"},
+        {"key": "eye-exam", "description": "Retinal screening", "start_after": "P6M", "duration": "P8W"},
+    ]
+}
+# Everything a rollout could write to: a dry run must leave each as it was.
+WRITTEN_TABLES = ("care_plans", "goals", "tasks", "resource_history", "provenance", "command_log", "rollouts")
+
+
+async def publish(caller: Caller, data: dict[str, Any]) -> str:
+    program_id: str = (await caller.ok("program.define", data))["id"]
+    await caller.ok("program.change_status", {"program_id": program_id, "status": "active"})
+    return program_id
+
+
+async def enrol(caller: Caller, patient_id: str) -> str:
+    plan_id: str = (
+        await caller.ok("careplan.enroll", {"patient_id": patient_id, "program": "type-2-diabetes"})
+    )["id"]
+    return plan_id
+
+
+async def keyed(engine: AsyncEngine, tenant: str, plan_id: str) -> dict[str, tuple[str, str, int]]:
+    """A plan's items by program key: (id, status, version)."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT state ->> 'program_key', id, status, version FROM tasks WHERE tenant_id = :t "
+                    "AND plan_id = :p AND state ->> 'program_key' IS NOT NULL UNION ALL "
+                    "SELECT state ->> 'program_key', id, lifecycle_status, version FROM goals "
+                    "WHERE tenant_id = :t AND plan_id = :p AND state ->> 'program_key' IS NOT NULL"
+                ),
+                {"t": tenant, "p": plan_id},
+            )
+        ).all()
+    return {key: (item_id, status, version) for key, item_id, status, version in rows}
+
+
+async def counts(engine: AsyncEngine, tenant: str) -> dict[str, int]:
+    return {table: await count_rows(engine, table, tenant) for table in WRITTEN_TABLES}
+
+
+async def rollout_progress(nc: NatsClient, token: str, rollout_id: str) -> dict[str, Any]:
+    msg = await nc.request(
+        "careplan.query.rollout",
+        orjson.dumps({"rollout_id": rollout_id}),
+        timeout=5,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    answer: dict[str, Any] = orjson.loads(msg.data)
+    return answer
+
+
+async def until_completed(nc: NatsClient, token: str, rollout_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await rollout_progress(nc, token, rollout_id)
+        assert answer["ok"] is True, answer
+        if answer["result"]["status"] == "completed":
+            result: dict[str, Any] = answer["result"]
+            return result
+        assert asyncio.get_running_loop().time() < deadline, answer
+        await asyncio.sleep(0.1)
+
+
+async def event_subjects(engine: AsyncEngine, tenant: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(f"SELECT subject FROM {OUTBOX_LEDGER} WHERE tenant_id = :t ORDER BY id"), {"t": tenant}
+            )
+        ).all()
+    return [s.removeprefix(f"careplan.evt.{tenant}.") for (s,) in rows]
+
+
+async def test_a_rollout_moves_enrolled_plans_to_the_new_version_by_the_rules(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    token = token_for(tenant, roles=STAFF)
+    caller = Caller(nc, service.http_url, token)
+    v1 = await publish(caller, V1)
+    fresh, begun = await enrol(caller, "p1"), await enrol(caller, "p2")
+    foot_exam = (await keyed(admin_engine, tenant, begun))["foot-exam"][0]
+    await caller.ok("activity.change_status", {"activity_id": foot_exam, "status": "accepted"}, 1)
+    await caller.ok("activity.change_status", {"activity_id": foot_exam, "status": "in-progress"}, 2)
+    by_hand = await caller.ok(
+        "goal.add",
+        {"care_plan_id": fresh, "description": {"text": "Walk daily"}, "lifecycle_status": "active"},
+    )
+    v2 = await publish(caller, V2 | {"revises": v1})
+    before = await counts(admin_engine, tenant)
+
+    # The dry run: what a run would do, per plan; nothing written, not even the command's outcome.
+    dry = await caller.ok("program.rollout", {"program_id": v2})
+    assert await counts(admin_engine, tenant) == before
+    report = dry["rollout"]
+    assert report["totals"] == {"plans": 2, "add": 2, "cancel": 1, "update": 0, "keep": 1, "skipped": 0}
+    groups = {tuple(g["care_plan_ids"]): (g["add"], g["cancel"], g["keep"]) for g in report["changes"]}
+    assert groups == {
+        (fresh,): (["eye-exam"], ["foot-exam"], []),
+        (begun,): (["eye-exam"], [], ["foot-exam"]),
+    }
+
+    started = await caller.send("program.rollout", {"program_id": v2, "dry_run": False})
+    assert (started["ok"], started["status"]) == (True, 202), started
+    rollout_id = started["result"]["rollout_id"]
+    done = await until_completed(nc, token, rollout_id)
+    assert done["plans"] == {"total": 2, "pending": 0, "migrated": 2, "skipped": 0}
+    assert done["totals"] == {"added": 2, "cancelled": 1, "updated": 0, "kept": 1}
+    assert done["conflicts"] == [{"care_plan_id": begun, "kept": ["foot-exam"]}]
+
+    items = {plan_id: await keyed(admin_engine, tenant, plan_id) for plan_id in (fresh, begun)}
+    assert items[fresh]["foot-exam"][1:] == ("cancelled", 2)
+    assert items[begun]["foot-exam"][1:] == ("in-progress", 3)  # started: kept, untouched
+    assert {items[p]["eye-exam"][1] for p in items} == {"requested"}
+    assert {items[p]["a1c-lab"][2] for p in items} == {1}  # same template: not even a new version
+    for plan_id in (fresh, begun):
+        plan = await caller.read("CarePlan", plan_id)
+        validate_resource(plan)
+        assert plan["instantiatesCanonical"] == [
+            f"https://care-plan-service.dev/fhir/programs/{tenant}/type-2-diabetes|2"
+        ]
+        assert items[plan_id]["eye-exam"][0] in {
+            a["reference"]["reference"].split("/")[1] for a in plan["activity"]
+        }
+        for key, (item_id, _, _) in items[plan_id].items():
+            resource = await caller.read("Goal" if key == "a1c" else "Task", item_id)
+            validate_resource(resource)
+    assert (await caller.read("Goal", by_hand["id"]))["meta"]["versionId"] == "1"
+
+    await asyncio.sleep(1.0)  # the relay publishes what the migrations committed
+    events = await event_subjects(admin_engine, tenant)
+    assert events.count("careplan.migrated") == 2
+    assert events.count("program.rollout_completed") == 1
+
+    # A second rollout finds every plan at v2: nothing to migrate.
+    again = await caller.ok("program.rollout", {"program_id": v2})
+    assert again["rollout"]["totals"]["plans"] == 0
+    second = await caller.send("program.rollout", {"program_id": v2, "dry_run": False})
+    nothing = await until_completed(nc, token, second["result"]["rollout_id"])
+    assert nothing["plans"]["total"] == 0
+    assert (await event_subjects(admin_engine, tenant)).count("careplan.migrated") == 2
+
+
+async def test_the_rest_routes_dry_run_start_and_report_a_rollout(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory
+) -> None:
+    token = token_for(tenant, roles=STAFF)
+    caller = RestCaller(nc, service.http_url, token)
+    v1 = await publish(caller, V1)
+    plan_id = await enrol(caller, "p1")
+    v2 = await publish(caller, V2 | {"revises": v1})
+    status, _, dry = await caller.request("program.rollout", {"program_id": v2})
+    assert status == 200 and dry["rollout"]["totals"]["plans"] == 1, dry
+    status, headers, started = await caller.request("program.rollout", {"program_id": v2, "dry_run": False})
+    assert status == 202, started
+    rollout_id = started["rollout_id"]
+    assert headers["Location"].endswith(f"/api/v1/rollouts/{rollout_id}")
+    await until_completed(nc, token, rollout_id)
+    async with aiohttp.ClientSession() as http:
+        url = f"{service.http_url}/api/v1/rollouts/{rollout_id}"
+        async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200
+            body = orjson.loads(await response.read())
+        assert (body["status"], body["plans"]["migrated"], body["to"].endswith("|2")) == (
+            "completed",
+            1,
+            True,
+        )
+        for other, expected in (
+            (token_for(f"{tenant}x", roles=STAFF), 404),
+            (token_for(tenant, roles=["patient"], patient_id="p1"), 403),
+        ):
+            async with http.get(url, headers={"Authorization": f"Bearer {other}"}) as response:
+                assert response.status == expected, await response.text()
+        async with http.get(
+            f"{service.http_url}/api/v1/rollouts/not-a-uuid", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert response.status == 404
+    status, plan = await fhir_get(f"{service.http_url}/fhir/CarePlan/{plan_id}", token)
+    assert status == 200 and plan["instantiatesCanonical"][0].endswith("|2")
+
+
+async def test_bad_rollouts_are_typed_errors_and_write_nothing(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, admin_engine: AsyncEngine
+) -> None:
+    token = token_for(tenant, roles=STAFF)
+    caller = Caller(nc, service.http_url, token)
+    v1 = await publish(caller, V1)
+    await enrol(caller, "p1")
+    draft = (await caller.ok("program.define", V2 | {"revises": v1}))["id"]
+    hand_made = (
+        await caller.ok("careplan.create", {"patient_id": "p1", "title": "By hand", "status": "active"})
+    )["id"]
+    cases = {
+        "draft": ({"program_id": draft, "dry_run": False}, "INVALID_TRANSITION", "program_id"),
+        "unknown": ({"program_id": "nope", "dry_run": False}, "NOT_FOUND", None),
+        "not enrolled": (
+            {"program_id": v1, "care_plan_ids": [hand_made]},
+            "VALIDATION_ERROR",
+            "data.care_plan_ids.0",
+        ),
+        "no such plan": (
+            {"program_id": v1, "care_plan_ids": ["zz"], "dry_run": False},
+            "VALIDATION_ERROR",
+            "data.care_plan_ids.0",
+        ),
+        "bad flag": ({"program_id": v1, "dry_run": "perhaps"}, "VALIDATION_ERROR", "data.dry_run"),
+    }
+    for case, (data, code, path) in cases.items():
+        reply = await caller.send("program.rollout", data)
+        assert reply["ok"] is False and reply["error"]["code"] == code, (case, reply)
+        if path:
+            assert path in orjson.dumps(reply["error"]).decode(), (case, reply)
+    clinician = await send_command(
+        nc, "program.rollout", envelope({"program_id": v1, "dry_run": False}), token=token_for(tenant)
+    )
+    assert clinician["error"]["code"] == "FORBIDDEN"
+    assert await count_rows(admin_engine, "rollouts", tenant) == 0
+    assert await count_rows(admin_engine, "rollout_plans", tenant) == 0
