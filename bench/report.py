@@ -157,8 +157,13 @@ def _programs(result: dict[str, Any]) -> str:
         f"{programme['activities']} activities against careplan.create, one careplan serve",
         _runs(result["runs"]),
     ]
+    rollout, dry_run = result["rollout"], result["dry_run"]
+    lines.append(
+        f"rollout: {rollout['rollouts']} runs at once, plans {rollout['plans']}, {rollout['seconds']} s; "
+        f"dry run: {dry_run['plans']} plans in {dry_run['seconds']} s"
+    )
     for name, verdict in result["verdicts"].items():
-        judged = _verdict(verdict["value"], verdict["target"], at_least=False)
+        judged = _verdict(verdict["value"], verdict["target"], at_least=verdict.get("at_least", False))
         lines.append(f"{name}: {verdict['value']:.2f} — {judged}")
     lines.append(f"errors: {result['errors']}; careplan serve peak RSS {result['peak_rss_mb']} MB")
     return "\n".join(lines)

@@ -143,11 +143,19 @@ class RolloutCandidate:
 class KeyedItem:
     """A goal or task made from a program key, with what its progress is judged on (a dry run's view)."""
 
-    plan_id: str
     key: str
     resource_type: str  # Goal or Task
     status: str
     achievement: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlansAlike:
+    """Plans whose keyed items stand exactly alike: a dry run judges them once (most plans of a program
+    look alike until clinicians act on them)."""
+
+    plan_ids: tuple[str, ...]
+    items: tuple[KeyedItem, ...]
 
 
 class AlreadyRecorded(Exception):
@@ -199,8 +207,9 @@ class Transaction(Protocol):
         the program `url`; unlocked."""
         ...
 
-    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
-        """Every goal and task of these plans that a program key made; unlocked."""
+    async def keyed_items(self, plan_ids: list[str]) -> list[PlansAlike]:
+        """The goals and tasks of these plans that a program key made, the plans grouped by what they hold
+        (a plan with none is in no group); unlocked."""
         ...
 
     async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:

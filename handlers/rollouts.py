@@ -24,6 +24,7 @@ from domain.programs import (
     EnrolledItems,
     Migration,
     Program,
+    Progress,
     PublicationStatus,
     follows,
     goal_progress,
@@ -36,8 +37,8 @@ from domain.statuses import CAREPLAN_CLOSED, CarePlanStatus, GoalAchievement, Go
 from handlers.context import CommandContext, CommandResult, result
 from handlers.ports import (
     IdFactory,
-    KeyedItem,
     OutboxMessage,
+    PlansAlike,
     PlanSettled,
     RolloutCandidate,
     RolloutRecord,
@@ -185,17 +186,21 @@ async def _dry_run(
     return dry_run_report(target, planned, skipped)
 
 
-def by_plan(items: list[KeyedItem]) -> dict[str, EnrolledItems]:
-    """Each plan's keyed items and their progress, as the rollout rules judge it."""
-    progress: dict[str, dict[str, Any]] = {}
-    for item in items:
-        if item.resource_type == "Goal":
-            achievement = GoalAchievement(item.achievement) if item.achievement else None
-            judged = goal_progress(GoalLifecycleStatus(item.status), achievement)
-        else:
-            judged = task_progress(TaskStatus(item.status))
-        progress.setdefault(item.plan_id, {})[item.key] = judged
-    return {plan_id: EnrolledItems(keys) for plan_id, keys in progress.items()}
+def by_plan(groups: list[PlansAlike]) -> dict[str, EnrolledItems]:
+    """Each plan's keyed items and their progress, as the rollout rules judge it: once per group of plans
+    alike, the same (immutable) EnrolledItems for each plan of a group."""
+    judged: dict[str, EnrolledItems] = {}
+    for group in groups:
+        progress: dict[str, Progress] = {}
+        for item in group.items:
+            if item.resource_type == "Goal":
+                achievement = GoalAchievement(item.achievement) if item.achievement else None
+                progress[item.key] = goal_progress(GoalLifecycleStatus(item.status), achievement)
+            else:
+                progress[item.key] = task_progress(TaskStatus(item.status))
+        items = EnrolledItems(progress)
+        judged |= dict.fromkeys(group.plan_ids, items)
+    return judged
 
 
 def dry_run_report(

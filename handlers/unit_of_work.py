@@ -16,9 +16,9 @@ from handlers.ports import (
     AuditRecord,
     CommandOutcome,
     CommitRecord,
-    KeyedItem,
     NewVersion,
     OutboxMessage,
+    PlansAlike,
     PlanSettled,
     RolloutCandidate,
     RolloutStart,
@@ -117,7 +117,7 @@ class UnitOfWork:
     async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
         return await self._transaction.plans_following(url, plan_ids)
 
-    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+    async def keyed_items(self, plan_ids: list[str]) -> list[PlansAlike]:
         return await self._transaction.keyed_items(plan_ids)
 
     async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:

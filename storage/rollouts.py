@@ -9,11 +9,12 @@ import asyncpg
 import orjson
 
 from domain.statuses import CAREPLAN_CLOSED
-from handlers.ports import KeyedItem, RolloutCandidate
+from handlers.ports import KeyedItem, PlansAlike, RolloutCandidate
 
 _CLOSED = [s.value for s in CAREPLAN_CLOSED]
 _NAMED_PLANS = (
-    "SELECT id, status, (state -> 'instantiates')::text FROM care_plans WHERE tenant_id = $1 AND id = ANY($2::text[])"
+    "SELECT id, status, (state -> 'instantiates')::text FROM care_plans "
+    "WHERE tenant_id = $1 AND id = ANY($2::text[])"
 )
 # Open plans with a canonical of the program's url (`<url>|<version>`).
 _FOLLOWING = (
@@ -22,13 +23,18 @@ _FOLLOWING = (
     "SELECT 1 FROM jsonb_array_elements_text(state -> 'instantiates') AS c WHERE split_part(c, '|', 1) = $2) "
     "ORDER BY id"
 )
-_KEYED_GOALS = (
-    "SELECT plan_id, state ->> 'program_key', lifecycle_status, achievement_status FROM goals "
-    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL"
-)
-_KEYED_TASKS = (
-    "SELECT plan_id, state ->> 'program_key', status FROM tasks "
-    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL"
+# Each plan's keyed items as one JSON array, and the plans grouped by it: a dry run over 10,000 plans of a
+# programme of 30 items reads a handful of rows, not 300,000.
+_KEYED_ITEMS = (
+    "WITH items AS ("
+    "SELECT plan_id, 'Goal' AS kind, state ->> 'program_key' AS key, lifecycle_status AS status, "
+    "achievement_status AS achievement FROM goals "
+    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL "
+    "UNION ALL SELECT plan_id, 'Task', state ->> 'program_key', status, NULL FROM tasks "
+    "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL), "
+    "per_plan AS (SELECT plan_id, jsonb_agg(jsonb_build_array(kind, key, status, achievement) "
+    "ORDER BY kind, key) AS items FROM items GROUP BY plan_id) "
+    "SELECT items::text, array_agg(plan_id ORDER BY plan_id) FROM per_plan GROUP BY items"
 )
 _CLAIM = (
     "SELECT plan_id FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 AND state = 'pending' "
@@ -49,11 +55,10 @@ async def plans_following(
     ]
 
 
-async def keyed_items(conn: asyncpg.Connection, tenant_id: str, plan_ids: list[str]) -> list[KeyedItem]:
-    goals = await conn.fetch(_KEYED_GOALS, tenant_id, plan_ids)
-    tasks = await conn.fetch(_KEYED_TASKS, tenant_id, plan_ids)
-    return [KeyedItem(p, k, "Goal", s, a) for p, k, s, a in goals] + [
-        KeyedItem(p, k, "Task", s) for p, k, s in tasks
+async def keyed_items(conn: asyncpg.Connection, tenant_id: str, plan_ids: list[str]) -> list[PlansAlike]:
+    return [
+        PlansAlike(tuple(alike), tuple(KeyedItem(k, kind, s, a) for kind, k, s, a in orjson.loads(items)))
+        for items, alike in await conn.fetch(_KEYED_ITEMS, tenant_id, plan_ids)
     ]
 
 

@@ -23,7 +23,7 @@ from domain.access import TENANT_ID
 from domain.care_plan import CarePlanAggregate
 from domain.errors import Unavailable
 from domain.programs import ProgramAggregate
-from handlers.ports import AlreadyRecorded, CommitRecord, KeyedItem, RolloutCandidate, StoredOutcome
+from handlers.ports import AlreadyRecorded, CommitRecord, PlansAlike, RolloutCandidate, StoredOutcome
 from storage import aggregates, rollouts
 from storage.errors import describe, is_transient
 from storage.wal_position import CURRENT_POSITION
@@ -111,7 +111,7 @@ class SqlTransaction:
     async def plans_following(self, url: str, plan_ids: list[str] | None) -> list[RolloutCandidate]:
         return await rollouts.plans_following(self.db, self.tenant_id, url, plan_ids)
 
-    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
+    async def keyed_items(self, plan_ids: list[str]) -> list[PlansAlike]:
         return await rollouts.keyed_items(self.db, self.tenant_id, plan_ids)
 
     async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:

@@ -13,7 +13,14 @@ from domain.care_plan import CarePlanAggregate
 from domain.entities import Activity, CarePlan, CareTeam, Goal
 from domain.programs import Program, ProgramAggregate
 from domain.statuses import CAREPLAN_CLOSED
-from handlers.ports import AlreadyRecorded, CommitRecord, KeyedItem, RolloutCandidate, StoredOutcome
+from handlers.ports import (
+    AlreadyRecorded,
+    CommitRecord,
+    KeyedItem,
+    PlansAlike,
+    RolloutCandidate,
+    StoredOutcome,
+)
 
 
 @dataclass
@@ -113,20 +120,30 @@ class InMemoryTransaction:
             ]
         return [RolloutCandidate(p.id, p.status.value, p.instantiates) for p in plans]
 
-    async def keyed_items(self, plan_ids: list[str]) -> list[KeyedItem]:
-        items: list[KeyedItem] = []
+    async def keyed_items(self, plan_ids: list[str]) -> list[PlansAlike]:
+        alike: dict[tuple[KeyedItem, ...], list[str]] = {}
         for plan_id in plan_ids:
             aggregate = self._database.plans[(self.tenant_id, plan_id)]
-            for goal in aggregate.goals.values():
-                if goal.program_key:
-                    achievement = goal.achievement_status.value if goal.achievement_status else None
-                    items.append(
-                        KeyedItem(plan_id, goal.program_key, "Goal", goal.lifecycle_status.value, achievement)
-                    )
-            for task in aggregate.activities.values():
-                if task.program_key:
-                    items.append(KeyedItem(plan_id, task.program_key, "Task", task.status.value))
-        return items
+            items = [
+                KeyedItem(
+                    g.program_key,
+                    "Goal",
+                    g.lifecycle_status.value,
+                    g.achievement_status.value if g.achievement_status else None,
+                )
+                for g in aggregate.goals.values()
+                if g.program_key
+            ]
+            items += [
+                KeyedItem(t.program_key, "Task", t.status.value)
+                for t in aggregate.activities.values()
+                if t.program_key
+            ]
+            if items:
+                alike.setdefault(tuple(sorted(items, key=lambda i: (i.resource_type, i.key))), []).append(
+                    plan_id
+                )
+        return [PlansAlike(tuple(ids), items) for items, ids in alike.items()]
 
     async def claim_rollout_plan(self, rollout_id: uuid.UUID) -> str | None:
         states = self._database.rollout_plans.get((self.tenant_id, rollout_id), {})
