@@ -176,13 +176,18 @@ async def _dry_run(
     items = by_plan(await uow.keyed_items([c.plan_id for c, _ in covered]))
     planned: list[tuple[str, str, Migration]] = []
     skipped = dict(skipped)
+    nothing = EnrolledItems()
+    judged: dict[tuple[str, int], Migration] = {}  # plans alike share their EnrolledItems: diffed once
     for candidate, canonical in covered:
         old = versions[canonical]
         if old is None:
             skipped[candidate.plan_id] = f"the plan follows {canonical}, which does not exist"
             continue
-        change = migration(old.content, target.content, items.get(candidate.plan_id, EnrolledItems()))
-        planned.append((candidate.plan_id, canonical, change))
+        held = items.get(candidate.plan_id, nothing)
+        key = (canonical, id(held))
+        if key not in judged:
+            judged[key] = migration(old.content, target.content, held)
+        planned.append((candidate.plan_id, canonical, judged[key]))
     return dry_run_report(target, planned, skipped)
 
 

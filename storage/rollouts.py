@@ -23,18 +23,18 @@ _FOLLOWING = (
     "SELECT 1 FROM jsonb_array_elements_text(state -> 'instantiates') AS c WHERE split_part(c, '|', 1) = $2) "
     "ORDER BY id"
 )
-# Each plan's keyed items as one JSON array, and the plans grouped by it: a dry run over 10,000 plans of a
-# programme of 30 items reads a handful of rows, not 300,000.
+# Each plan's keyed items as one text ("Goal a1c active -,Task lab requested -"), and the plans grouped by
+# it: a dry run over 10,000 plans of a programme of 30 items reads a handful of rows, not 300,000, and text
+# costs Postgres less to build and compare than jsonb.
 _KEYED_ITEMS = (
     "WITH items AS ("
-    "SELECT plan_id, 'Goal' AS kind, state ->> 'program_key' AS key, lifecycle_status AS status, "
-    "achievement_status AS achievement FROM goals "
+    "SELECT plan_id, 'Goal ' || (state ->> 'program_key') || ' ' || lifecycle_status || ' ' "
+    "|| coalesce(achievement_status, '-') AS item FROM goals "
     "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL "
-    "UNION ALL SELECT plan_id, 'Task', state ->> 'program_key', status, NULL FROM tasks "
+    "UNION ALL SELECT plan_id, 'Task ' || (state ->> 'program_key') || ' ' || status || ' -' FROM tasks "
     "WHERE tenant_id = $1 AND plan_id = ANY($2::text[]) AND state ->> 'program_key' IS NOT NULL), "
-    "per_plan AS (SELECT plan_id, jsonb_agg(jsonb_build_array(kind, key, status, achievement) "
-    "ORDER BY kind, key) AS items FROM items GROUP BY plan_id) "
-    "SELECT items::text, array_agg(plan_id ORDER BY plan_id) FROM per_plan GROUP BY items"
+    "per_plan AS (SELECT plan_id, string_agg(item, ',' ORDER BY item) AS items FROM items GROUP BY plan_id) "
+    "SELECT items, array_agg(plan_id ORDER BY plan_id) FROM per_plan GROUP BY items"
 )
 _CLAIM = (
     "SELECT plan_id FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 AND state = 'pending' "
@@ -56,10 +56,15 @@ async def plans_following(
 
 
 async def keyed_items(conn: asyncpg.Connection, tenant_id: str, plan_ids: list[str]) -> list[PlansAlike]:
+    """Keys are `[a-z0-9-]` and statuses FHIR codes: neither holds the separators."""
     return [
-        PlansAlike(tuple(alike), tuple(KeyedItem(k, kind, s, a) for kind, k, s, a in orjson.loads(items)))
+        PlansAlike(tuple(alike), tuple(_item(*text.split(" ")) for text in items.split(",")))
         for items, alike in await conn.fetch(_KEYED_ITEMS, tenant_id, plan_ids)
     ]
+
+
+def _item(resource_type: str, key: str, status: str, achievement: str) -> KeyedItem:
+    return KeyedItem(key, resource_type, status, None if achievement == "-" else achievement)
 
 
 async def claim_plan(conn: asyncpg.Connection, tenant_id: str, rollout_id: uuid.UUID) -> str | None:
