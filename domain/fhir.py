@@ -5,6 +5,7 @@ Rendered once per version and stored, so reads never re-render (DESIGN.md, FHIR 
 
 from __future__ import annotations
 
+import functools
 import html
 from datetime import UTC, date, datetime
 from typing import Any
@@ -34,8 +35,10 @@ ASSESS_PLAN = CodeableConcept(
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def fhir_instant(moment: datetime) -> str:
-    """An R4 `instant`: UTC with milliseconds, e.g. 2026-11-25T10:00:00.123Z."""
+    """An R4 `instant`: UTC with milliseconds, e.g. 2026-11-25T10:00:00.123Z. Cached: a command renders
+    the same few moments (its `now`, above all) on every resource it writes."""
     utc = moment.astimezone(UTC)
     # Not strftime's %Y: on Linux it does not pad years below 1000, and FHIR wants four digits.
     return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"

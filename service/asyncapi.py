@@ -25,10 +25,11 @@ from handlers.nats_consumer import (
     DeliveryPolicy,
     register_command_consumer,
     register_outcome_query,
+    register_rollout_query,
 )
 from handlers.pipeline import CommandProcessor
-from handlers.ports import StoredOutcome
-from handlers.queries import QUERY_SUBJECT
+from handlers.ports import RolloutRecord, StoredOutcome
+from handlers.queries import QUERY_SUBJECT, ROLLOUT_QUERY_SUBJECT
 from handlers.registry import CommandSpec, VersionCheck, standard_commands
 from schemas.commands import COMMAND_SUBJECT_PREFIX, CONTRACT_VERSION, CommandEnvelope
 from schemas.events import CloudEvent, audit_subject, event_subject
@@ -90,6 +91,16 @@ class OutcomeQuery(BaseModel):
     command_id: uuid.UUID
 
 
+class RolloutQuery(BaseModel):
+    """The request body of `careplan.query.rollout`. The answer, on the request's reply subject:
+    `{"ok": true, "status": 200, "result": {"rollout_id", "program_id", "to", "status" (running |
+    completed), "created", "completed", "plans": {total, pending, migrated, skipped}, "totals": {added,
+    cancelled, updated, kept}, "conflicts": [{care_plan_id, kept}]}}`, or an error reply (NOT_FOUND for an
+    unknown id or another tenant's, FORBIDDEN for a patient token)."""
+
+    rollout_id: uuid.UUID
+
+
 def command_channel(name: str) -> str:
     return COMMAND_SUBJECT_PREFIX + name
 
@@ -127,6 +138,7 @@ def build_documented_broker() -> NatsBroker:
     # Its one channel `careplan.cmd.>` with an untyped body would duplicate the per-command channels below.
     register_command_consumer(broker, processor, DeliveryPolicy(), include_in_schema=False)
     register_outcome_query(broker, _NotServing(), _no_outcome)
+    register_rollout_query(broker, _NotServing(), _no_rollout)
 
     for spec in COMMANDS.values():
         _document_command(broker, spec)
@@ -245,6 +257,10 @@ def _complete(document: dict[str, Any]) -> None:
     schemas["OutcomeQuery"] = OutcomeQuery.model_json_schema()
     schemas.pop("EmptyPayload", None)
     operations[QUERY_SUBJECT]["reply"] = _reply(location=None)
+    rollouts = _message(document, ROLLOUT_QUERY_SUBJECT)
+    rollouts["payload"] = {"$ref": "#/components/schemas/RolloutQuery"}
+    rollouts["headers"] = copy.deepcopy(_QUERY_HEADERS)
+    schemas["RolloutQuery"] = RolloutQuery.model_json_schema()
 
     for channel in document["channels"].values():
         address = channel.get("address") or ""
@@ -334,4 +350,8 @@ def _not_serving(*_: object) -> NoReturn:
 
 
 async def _no_outcome(tenant_id: str, command_id: uuid.UUID) -> StoredOutcome | None:
+    raise RuntimeError(_NOT_SERVING)
+
+
+async def _no_rollout(tenant_id: str, rollout_id: uuid.UUID) -> RolloutRecord | None:
     raise RuntimeError(_NOT_SERVING)

@@ -130,7 +130,12 @@ _INSERT_COLUMNS = {
 }
 
 
+_COLUMNS_OF = {
+    table: tuple(name for name in _INSERT_COLUMNS if name.startswith(f"{table}_"))
+    for table in ("token", "reference", "date", "string")
+}
+
+
 def _append(columns: dict[str, Any], table: str, key: tuple[str, str], *values: Any) -> None:
-    names = [name for name in _INSERT_COLUMNS if name.startswith(f"{table}_")]
-    for name, value in zip(names, (*key, *values), strict=True):
+    for name, value in zip(_COLUMNS_OF[table], (*key, *values), strict=True):
         columns[name].append(value)

@@ -219,6 +219,8 @@ def data_template(command: str, plan: str, goal: str, task: str, member: str) ->
         },
         "program.update": {"program_id": plan, "changes": {"title": "Revised", "review": None}},
         "program.change_status": {"program_id": plan, "status": "active", "reason": "approved"},
+        # Names a plan, not a program: NOT_FOUND once it is valid (no program is ever published here).
+        "program.rollout": {"program_id": plan, "care_plan_ids": [plan, "plan-1"], "dry_run": False},
     }
     # Through JSON rather than deepcopy, which keeps shared sub-objects shared: a mutation changes one place.
     copied: dict[str, Any] = orjson.loads(orjson.dumps(templates[command]))
@@ -1027,3 +1029,4 @@ async def test_hostile_commands_get_typed_answers_and_leave_nothing_half_written
     assert await run.resources("goals") == run.seeds["Goal"] | run.created["Goal"]
     assert await run.resources("tasks", "NOT is_review") == run.seeds["Task"] | run.created["Task"]
     assert await run.resources("plan_definitions") == run.created["PlanDefinition"]
+    assert await count_rows(admin_engine, "rollouts", tenant) == 0

@@ -5,6 +5,8 @@ once; progress over NATS and REST; events; a second rollout migrates nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from typing import Any
 
 import aiohttp
@@ -16,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.fhir_validation import validate_resource
 from service.client import envelope, send_command
 from service.runner import RunningService
-from tests.conftest import TokenFactory
+from storage.database import create_engine
+from storage.rollout_store import RunningRollout, SqlRolloutStore
+from tests.conftest import DatabaseUrls, TokenFactory
 from tests.integration.commands import Caller, RestCaller
 from tests.integration.fhir_client import fhir_get
 from tests.integration.helpers import count_rows
@@ -254,3 +258,47 @@ async def test_bad_rollouts_are_typed_errors_and_write_nothing(
     assert clinician["error"]["code"] == "FORBIDDEN"
     assert await count_rows(admin_engine, "rollouts", tenant) == 0
     assert await count_rows(admin_engine, "rollout_plans", tenant) == 0
+
+
+async def test_one_process_at_a_time_holds_a_rollout_and_its_death_frees_it(database: DatabaseUrls) -> None:
+    # Given two processes' stores over the same database
+    engines = [create_engine(url, pool_size=2) for url in (database.system, database.runtime) * 2]
+    first = SqlRolloutStore(engines[0], engines[1])
+    second = SqlRolloutStore(engines[2], engines[3])
+    running = RunningRollout("t-lock", uuid.uuid4())
+    taken_after_death = False
+    try:
+        async with first.hold(running) as held:
+            assert held is True
+            # then while the first works the run, the second may not
+            async with second.hold(running) as also:
+                assert also is False
+            # (another run is free all the same)
+            async with second.hold(RunningRollout("t-lock", uuid.uuid4())) as other:
+                assert other is True
+        # and once the first lets go, or its connection dies with its process, the second takes it
+        async with second.hold(running) as now:
+            assert now is True
+        # and when the holder's backend dies with its process, Postgres frees the lock at once
+        admin = create_engine(database.admin, pool_size=1)
+        engines.append(admin)
+        with contextlib.suppress(Exception):  # the dead holder's own way out fails; that is the point
+            async with first.hold(running) as again:
+                assert again is True
+                async with admin.connect() as conn:
+                    killed = await conn.scalar(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND granted AND (classid::bigint << 32 | objid::bigint) = "
+                            "hashtextextended('rollouts/' || :tenant || '/' || :id, 0)"
+                        ),
+                        {"tenant": running.tenant_id, "id": str(running.rollout_id)},
+                    )
+                assert killed is True
+                async with second.hold(running) as after_death:
+                    assert after_death is True
+                    taken_after_death = True
+        assert taken_after_death
+    finally:
+        for engine in engines:
+            await engine.dispose()

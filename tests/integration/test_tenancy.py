@@ -74,15 +74,21 @@ async def test_read_without_token_is_401_operation_outcome(service: RunningServi
 async def test_runtime_role_without_tenant_sees_no_rows_in_any_tenant_table(
     service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, database: DatabaseUrls
 ) -> None:
-    # Given data in every tenant table it may read (plan, goal, task, team, program, history, provenance,
-    # command log, search index)
+    # Given data in every tenant table it may read (plan, goal, task, team, program, rollout, history,
+    # provenance, command log, search index)
     caller = Caller(nc, service.http_url, token_for(tenant))
     plan_id = await create_plan(nc, token_for(tenant))
     await caller.ok("goal.add", {"care_plan_id": plan_id, "description": {"text": "g"}})
     await caller.ok("activity.add", {"care_plan_id": plan_id, "description": "t"})
     await caller.ok("careteam.add_member", {"care_plan_id": plan_id, "member_id": "m", "role": {"text": "r"}})
     author = Caller(nc, service.http_url, token_for(tenant, roles=["program-author"]))
-    await author.ok("program.define", {"name": "t2d", "title": "Type 2 diabetes"})  # its name: search_string
+    program = {"name": "t2d", "title": "Type 2 diabetes"}  # its name: search_string
+    for version in (1, 2):
+        defined = await author.ok("program.define", program)
+        await author.ok("program.change_status", {"program_id": defined["id"], "status": "active"})
+        if version == 1:
+            await caller.ok("careplan.enroll", {"patient_id": "p1", "program": "t2d"})
+    await author.ok("program.rollout", {"program_id": defined["id"], "dry_run": False})  # rollouts, its plans
     runtime = create_engine(database.runtime, pool_size=1)
     admin = create_engine(database.admin, pool_size=1)
     try:

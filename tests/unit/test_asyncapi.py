@@ -15,7 +15,7 @@ import pytest
 from domain import care_plan, programs
 from handlers import rollouts, scheduler
 from handlers.nats_consumer import COMMAND_CONSUMER, COMMAND_STREAM, COMMAND_SUBJECTS
-from handlers.queries import QUERY_SUBJECT
+from handlers.queries import QUERY_SUBJECT, ROLLOUT_QUERY_SUBJECT
 from handlers.registry import VersionCheck, standard_commands
 from service.asyncapi import (
     DOCUMENT_PATH,
@@ -131,6 +131,11 @@ def test_the_served_subscribers_are_the_ones_documented(document: dict[str, Any]
     assert query["bindings"]["nats"]["queue"] == "careplan-query"
     assert document["operations"][QUERY_SUBJECT]["action"] == "receive"
     assert _resolve(document, _payload_of(document, query))["required"] == ["command_id"]
+    # and the rollout progress query, beside it
+    assert ROLLOUT_QUERY_SUBJECT in subscribers
+    progress = document["channels"][ROLLOUT_QUERY_SUBJECT]
+    assert progress["bindings"]["nats"]["queue"] == "careplan-query"
+    assert _resolve(document, _payload_of(document, progress))["required"] == ["rollout_id"]
 
 
 def test_replies_audit_and_dead_letters_are_documented(document: dict[str, Any]) -> None:
