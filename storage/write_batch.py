@@ -78,7 +78,7 @@ def _current_cte(resource_type: str) -> str:
         f"w_{table} AS (INSERT INTO {table} (tenant_id, {', '.join(names)}) "
         f"SELECT :tenant, {values} FROM unnest({arrays}) AS x({', '.join(names)}) "
         f"ON CONFLICT (tenant_id, id) DO UPDATE SET {updates} "
-        f"WHERE {table}.version = excluded.version - 1 RETURNING 1)"
+        f"WHERE {table}.version = excluded.version - 1 RETURNING id, version, last_updated, resource)"
     )
 
 
@@ -100,21 +100,16 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
         index_ctes, index_params = reindex_parts([v.resource for v in record.versions])
         ctes += index_ctes
         params |= index_params
+        # History from what the upserts wrote: each resource's JSON crosses the wire once, for both rows.
+        # A row a version guard refused returns nothing, and then the caller does not commit anyway.
+        written_rows = " UNION ALL ".join(
+            f"SELECT '{rt}', id, version, last_updated, resource FROM w_{_CURRENT[rt][0]}" for rt in by_type
+        )
         ctes.append(
             "w_history AS (INSERT INTO resource_history (tenant_id, resource_type, resource_id, version, "
-            "last_updated, command_id, resource) SELECT :tenant, rt, id, v, at, :command_id, r::jsonb "
-            "FROM unnest(CAST(:h_type AS text[]), CAST(:h_id AS text[]), CAST(:h_version AS int[]), "
-            "CAST(:h_updated AS timestamptz[]), CAST(:h_resource AS text[])) AS x(rt, id, v, at, r))"
+            f"last_updated, command_id, resource) SELECT :tenant, x.rt, x.id, x.v, x.at, :command_id, x.r "
+            f"FROM ({written_rows}) AS x(rt, id, v, at, r))"
         )
-        params |= {
-            "h_type": [v.resource_type for v in record.versions],
-            "h_id": [v.entity.id for v in record.versions],
-            "h_version": [v.entity.version for v in record.versions],
-            "h_updated": [v.entity.last_updated for v in record.versions],
-        }
-        # The history row holds the very JSON text of the current row: encoded once.
-        resources = {(rt, row["id"]): row["resource"] for rt, rows in by_type.items() for row in rows}
-        params["h_resource"] = [resources[(v.resource_type, v.entity.id)] for v in record.versions]
     if record.provenance is not None:
         ctes.append(
             "w_provenance AS (INSERT INTO provenance (tenant_id, id, recorded, patient_id, targets, "
