@@ -24,6 +24,7 @@ from tests.conftest import DatabaseUrls, TokenFactory
 from tests.integration.commands import Caller, RestCaller
 from tests.integration.fhir_client import fhir_get
 from tests.integration.helpers import count_rows
+from tests.integration.scrape import moved, scrape
 from tests.outbox_ledger import OUTBOX_LEDGER
 
 STAFF = ["clinician", "program-author"]
@@ -129,6 +130,7 @@ async def test_a_rollout_moves_enrolled_plans_to_the_new_version_by_the_rules(
     )
     v2 = await publish(caller, V2 | {"revises": v1})
     before = await counts(admin_engine, tenant)
+    metrics_before = await scrape(service)
 
     # The dry run: what a run would do, per plan; nothing written, not even the command's outcome.
     dry = await caller.ok("program.rollout", {"program_id": v2})
@@ -148,6 +150,11 @@ async def test_a_rollout_moves_enrolled_plans_to_the_new_version_by_the_rules(
     assert done["plans"] == {"total": 2, "pending": 0, "migrated": 2, "skipped": 0}
     assert done["totals"] == {"added": 2, "cancelled": 1, "updated": 0, "kept": 1}
     assert done["conflicts"] == [{"care_plan_id": begun, "kept": ["foot-exam"]}]
+    metrics = await scrape(service)
+    assert moved(metrics_before, metrics, "careplan_rollout_plans_total", state="migrated") == 2
+    assert moved(metrics_before, metrics, "careplan_rollout_conflicts_total") == 1
+    assert ("careplan_rollout_lag_seconds", frozenset()) in metrics
+    assert ("careplan_rollout_pending_plans", frozenset()) in metrics
 
     items = {plan_id: await keyed(admin_engine, tenant, plan_id) for plan_id in (fresh, begun)}
     assert items[fresh]["foot-exam"][1:] == ("cancelled", 2)

@@ -4,6 +4,7 @@ its turn comes."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pytest
@@ -254,3 +255,34 @@ async def test_only_an_active_version_is_rolled_out() -> None:
         await clinic.run("program.rollout", {"program_id": v2, "dry_run": False})
     with pytest.raises(NotFound):
         await clinic.run("program.rollout", {"program_id": "missing"}, writes=False)
+
+
+async def test_a_changed_goal_template_rewrites_a_not_started_goal_dated_from_the_plans_start() -> None:
+    clinic = Clinic()
+    v1 = await publish(clinic, DIABETES_V1)
+    plan_id = await enrol(clinic)
+    later: dict[str, Any] = DIABETES_V1 | {
+        "goals": [
+            DIABETES_V1["goals"][0]
+            | {"targets": [DIABETES_V1["goals"][0]["targets"][0] | {"due_after": "P9M"}]}
+        ]
+    }
+    v2 = await publish(clinic, later, revises=v1)
+    ((outcome, record),) = await clinic.migrate(await start_run(clinic, v2))
+    assert outcome.changes["updated"] == ["a1c"]
+    goal = next(g for g in clinic.database.plan(TENANT, plan_id).goals.values() if g.program_key == "a1c")
+    assert (goal.version, goal.targets[0].due_date) == (2, date(2026, 12, 2))  # 2 March + 9 months
+    assert record.event_data("goal.updated")["changed"] == ["targets"]
+
+
+async def test_items_added_to_a_draft_plan_start_as_a_draft_plans_do() -> None:
+    clinic = Clinic()
+    v1 = await publish(clinic, DIABETES_V1)
+    drafted = await clinic.run(
+        "careplan.enroll", {"patient_id": "p1", "program": "type-2-diabetes", "status": "draft"}
+    )
+    assert drafted.reply.result is not None
+    v2 = await publish(clinic, DIABETES_V2, revises=v1)
+    await clinic.migrate(await start_run(clinic, v2))
+    assert task(clinic, drafted.reply.result.id, "eye-exam").status is TaskStatus.DRAFT
+    assert task(clinic, drafted.reply.result.id, "foot-exam").status is TaskStatus.CANCELLED
