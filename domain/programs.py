@@ -19,7 +19,7 @@ from domain.care_plan import CarePlanAggregate, ProgramChange, check_version
 from domain.entities import Activity, CarePlan, Goal, GoalTarget, TargetDetail, Versioned
 from domain.errors import ClosedForChanges, InvalidTransition, InvalidValue
 from domain.events import DomainEvent
-from domain.statuses import CarePlanStatus, GoalAchievement, GoalLifecycleStatus, TaskStatus
+from domain.statuses import CAREPLAN_CLOSED, CarePlanStatus, GoalAchievement, GoalLifecycleStatus, TaskStatus
 from domain.values import CodeableConcept, Period
 
 KEY = re.compile(r"[a-z0-9-]{1,64}")
@@ -532,15 +532,29 @@ def enrolment_start(plan: CarePlan) -> date:
     return start.date() if isinstance(start, datetime) else start
 
 
-def follows(plan: CarePlan, url: str) -> str | None:
-    """The canonical `<url>|<version>` of program `url` the plan follows, if any."""
-    return next((c for c in plan.instantiates if c.partition("|")[0] == url), None)
+def follows(instantiates: Iterable[str], url: str) -> str | None:
+    """The canonical `<url>|<version>` of program `url` among a plan's `instantiates`, if any."""
+    return next((c for c in instantiates if c.partition("|")[0] == url), None)
 
 
 def program_version_of(canonical: str) -> int | None:
     """The business version of a canonical of ours (`…|3` → 3); None for anything else."""
     _, _, version = canonical.partition("|")
     return int(version) if version.isdecimal() and len(version) < 10 else None
+
+
+def rollout_skip_reason(target: Program, status: CarePlanStatus, instantiates: Iterable[str]) -> str | None:
+    """Why a rollout to `target` passes a plan over, or None: it is closed, follows no version of the
+    program, or follows this version or a later one already."""
+    if status in CAREPLAN_CLOSED:
+        return f"the plan is {status.value}"
+    canonical = follows(instantiates, target.url)
+    if canonical is None:
+        return f"the plan follows no version of {target.url}"
+    version, wanted = program_version_of(canonical), program_version_of(target.canonical)
+    if version is None or wanted is None or version >= wanted:
+        return f"the plan follows {canonical} already"
+    return None
 
 
 def migrate(

@@ -30,10 +30,10 @@ from domain.programs import (
     goal_progress,
     migrate,
     migration,
-    program_version_of,
+    rollout_skip_reason,
     task_progress,
 )
-from domain.statuses import CAREPLAN_CLOSED, CarePlanStatus, GoalAchievement, GoalLifecycleStatus, TaskStatus
+from domain.statuses import CarePlanStatus, GoalAchievement, GoalLifecycleStatus, TaskStatus
 from handlers.context import CommandContext, CommandResult, result
 from handlers.ports import (
     IdFactory,
@@ -110,19 +110,19 @@ def coverage(
             candidate = found.get(plan_id)
             if candidate is None:
                 raise InvalidValue(f"data.care_plan_ids.{index}", f"no CarePlan/{plan_id}")
-            if _follows(candidate, target.url) is None:
+            if follows(candidate.instantiates, target.url) is None:
                 raise InvalidValue(
                     f"data.care_plan_ids.{index}", f"CarePlan/{plan_id} follows no version of {target.url}"
                 )
     covered: list[tuple[RolloutCandidate, str]] = []
     skipped: dict[str, str] = {}
     for candidate in candidates:
-        reason = skip_reason(target, candidate.status, candidate.instantiates)
+        reason = rollout_skip_reason(target, CarePlanStatus(candidate.status), candidate.instantiates)
         if reason is not None:
             if named is not None:  # the default set is the plans to migrate only
                 skipped[candidate.plan_id] = reason
             continue
-        canonical = _follows(candidate, target.url)
+        canonical = follows(candidate.instantiates, target.url)
         assert canonical is not None
         covered.append((candidate, canonical))
     return covered, skipped
@@ -133,23 +133,6 @@ def skipped_candidates(
 ) -> list[RolloutCandidate]:
     """Named plans a run passes over are in its rows all the same, settled by the worker with the reason."""
     return [c for c in candidates if c.plan_id in skipped]
-
-
-def skip_reason(target: Program, status: str, instantiates: tuple[str, ...]) -> str | None:
-    """Why a plan is not migrated to `target`, or None: closed, or at this version or a later one."""
-    if CarePlanStatus(status) in CAREPLAN_CLOSED:
-        return f"the plan is {status}"
-    canonical = next((c for c in instantiates if c.partition("|")[0] == target.url), None)
-    if canonical is None:
-        return f"the plan follows no version of {target.url}"
-    version, wanted = program_version_of(canonical), program_version_of(target.canonical)
-    if version is None or wanted is None or version >= wanted:
-        return f"the plan follows {canonical} already"
-    return None
-
-
-def _follows(candidate: RolloutCandidate, url: str) -> str | None:
-    return next((c for c in candidate.instantiates if c.partition("|")[0] == url), None)
 
 
 def started_by(principal: Principal) -> dict[str, Any]:
@@ -315,8 +298,8 @@ def _migrate(
 ) -> PlanOutcome:
     if plan is None:
         return PlanOutcome(plan_id, "skipped", {"reason": "the plan does not exist"})
-    reason = skip_reason(run.target, plan.plan.status.value, plan.plan.instantiates)
-    canonical = follows(plan.plan, run.target.url)
+    reason = rollout_skip_reason(run.target, plan.plan.status, plan.plan.instantiates)
+    canonical = follows(plan.plan.instantiates, run.target.url)
     old = run.versions.get(canonical or "")
     if reason is None and old is None:
         reason = f"the plan follows {canonical}, which does not exist"

@@ -123,8 +123,17 @@ class RolloutWorker:
                         outcome = await migrate_next_plan(
                             run, transaction, clock=self._clock, new_id=self._new_id
                         )
-                except AlreadyRecorded:
-                    continue  # migrated by an earlier holder after all: its row is settled
+                except AlreadyRecorded as exc:
+                    # The log holds this plan's migration while its row is still pending: both are written
+                    # by one statement, so only a hand-edited database gets here. Claiming it again would
+                    # spin; the run stays running (its lag shows) for an operator to look at.
+                    log.error(
+                        "rollout %s: a plan's migration %s is recorded but its row is pending; stopping",
+                        run.rollout_id,
+                        exc,
+                        extra={"tenant_id": run.tenant_id},
+                    )
+                    return
             if outcome is None:
                 return
             self._observer.plan_settled(outcome.state, len(outcome.changes.get("kept", ())))
