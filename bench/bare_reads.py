@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from fhir_read.search_query import parse_search
+from domain.search_query import parse_search
 from storage.search_sql import positional, search_statement
 
 FHIR_JSON = "application/fhir+json"

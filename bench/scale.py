@@ -22,7 +22,7 @@ from bench.bare_reads import numbered
 from bench.commands import command_client
 from bench.infra import Servers, careplan_serve
 from bench.workload import new_plan
-from fhir_read.search_query import parse_search
+from domain.search_query import parse_search
 from storage.search_sql import search_statement
 
 TENANTS = 100

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.load import CommandClient, Request
-from fhir_read.search_query import MAX_CRITERIA, MAX_INCLUDES, MAX_OR_VALUES, MAX_SORT_KEYS
+from domain.search_query import MAX_CRITERIA, MAX_INCLUDES, MAX_OR_VALUES, MAX_SORT_KEYS
 from service.dev_identity import DevKeys
 
 TENANTS = 8
@@ -183,7 +183,7 @@ class CreateOnly:
 
 
 def worst_search() -> list[tuple[str, str]]:
-    """The costliest search the caps allow (fhir_read.search_query), within the POST body limit:
+    """The costliest search the caps allow (domain.search_query), within the POST body limit:
     MAX_CRITERIA parameters of MAX_OR_VALUES values each, of the costlier kinds (token index lookups, `ap`
     date ranges), every sort key and include allowed, a full page."""
     tokens = [("category", ",".join(f"s|{i:05d}" for i in range(MAX_OR_VALUES)))] * (MAX_CRITERIA - 6)

@@ -18,7 +18,7 @@ from bench.commands import command_client
 from bench.infra import Servers, careplan_serve
 from bench.reads import load_plans
 from bench.workload import worst_search
-from fhir_read.search_query import parse_search
+from domain.search_query import parse_search
 from storage.search_sql import positional, search_statement
 
 COMMON = [("patient", "patient-7"), ("status", "active")]

@@ -15,8 +15,7 @@ from domain.fhir import (
     PROGRAM_REVIEW_EXTENSION,
 )
 from domain.search_parameters import BY_TYPE, SEARCHABLE_TYPES
-from fhir_read.outcome import FHIR_JSON
-from fhir_read.search_query import (
+from domain.search_query import (
     MAX_COUNT,
     MAX_CRITERIA,
     MAX_ELEMENTS,
@@ -29,6 +28,7 @@ from fhir_read.search_query import (
     MAX_SORT_KEYS,
     MAX_VALUE_CHARS,
 )
+from fhir_read.outcome import FHIR_JSON
 
 SERVICE_VERSION = "0.1.0"
 _PROGRAM_KEY_NOTE = (

@@ -16,6 +16,7 @@ from aiohttp import web
 from domain.access import Principal
 from domain.fhir import fhir_instant
 from domain.search_parameters import half_open_range
+from domain.search_query import MAX_COUNT, MAX_CRITERIA, MAX_OR_VALUES, MAX_PARAMETERS
 from fhir_read.app_context import CURSOR_SECRET, authenticate_caller, base_url, prefers_lenient
 from fhir_read.auth import Unauthenticated
 from fhir_read.bundle import entry, outcome_entry, searchset
@@ -23,7 +24,6 @@ from fhir_read.conditional import conditional_resource_response
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.search_query import MAX_COUNT, MAX_CRITERIA, MAX_OR_VALUES, MAX_PARAMETERS
 from storage.history_reads import (
     HistoryKey,
     ProvenanceKey,

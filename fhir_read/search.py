@@ -9,13 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.access import Principal
 from domain.search import SearchQuery
+from domain.search_query import MAX_INCLUDED, MAX_SEARCH_BODY_BYTES, SearchError, parse_search
 from fhir_read.app_context import CURSOR_SECRET, authenticate_caller, base_url, prefers_lenient
 from fhir_read.auth import Unauthenticated
 from fhir_read.bundle import entry, outcome_entry, searchset, subset
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
-from fhir_read.search_query import MAX_INCLUDED, MAX_SEARCH_BODY_BYTES, SearchError, parse_search
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
 

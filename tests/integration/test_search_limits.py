@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 
 from bench.workload import worst_search
-from fhir_read.search_query import (
+from domain.search_query import (
     MAX_CRITERIA,
     MAX_ELEMENTS,
     MAX_INCLUDES,

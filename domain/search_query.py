@@ -1,7 +1,8 @@
 """Parse FHIR search parameters (GET query or POST form) into a SearchQuery, checked against the registry.
 
 Everything the URL can say is validated here, so the SQL layer only ever sees known parameters, known
-modifiers and well-formed values."""
+modifiers and well-formed values. Pure, in the domain: a SMART granular scope's query (domain.scopes) is
+parsed by the same rules as a search's."""
 
 from __future__ import annotations
 
