@@ -11,8 +11,10 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from domain.scopes import EVERYONE
 from domain.search_query import parse_search
-from storage.search_sql import positional, search_statement
+from storage.criteria_sql import positional
+from storage.search_sql import search_statement
 
 FHIR_JSON = "application/fhir+json"
 PATIENT_SENTINEL = "bench-patient-sentinel"
@@ -23,7 +25,7 @@ def compiled_search(tenant: str) -> tuple[str, list[Any], int]:
     """The service's SQL for `CarePlan?patient=…&status=active`, in asyncpg's numbered parameters, and
     the position of the patient's parameter."""
     query = parse_search("CarePlan", [("patient", PATIENT_SENTINEL), ("status", "active")], lenient=False)
-    statement = search_statement(tenant, query, patient_id=None, after=None)
+    statement = search_statement(tenant, query, reader=EVERYONE, after=None)
     sql, values = numbered(statement.page_sql, statement.params)
     patient_index = next(i for i, v in enumerate(values) if isinstance(v, str) and PATIENT_SENTINEL in v)
     return sql, values, patient_index

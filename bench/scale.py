@@ -22,6 +22,7 @@ from bench.bare_reads import numbered
 from bench.commands import command_client
 from bench.infra import Servers, careplan_serve
 from bench.workload import new_plan
+from domain.scopes import EVERYONE
 from domain.search_query import parse_search
 from storage.search_sql import search_statement
 
@@ -215,7 +216,7 @@ async def _measure(
 async def _plan_uses(runtime: asyncpg.Connection, tenant: str, params: list[tuple[str, str]]) -> str:
     """The indexes (or sequential scans) in Postgres's plan for this search, as the runtime role sees it."""
     statement = search_statement(
-        tenant, parse_search("CarePlan", params, lenient=False), patient_id=None, after=None
+        tenant, parse_search("CarePlan", params, lenient=False), reader=EVERYONE, after=None
     )
     sql, values = numbered(statement.page_sql, statement.params)
     async with runtime.transaction():

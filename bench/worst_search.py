@@ -18,8 +18,10 @@ from bench.commands import command_client
 from bench.infra import Servers, careplan_serve
 from bench.reads import load_plans
 from bench.workload import worst_search
+from domain.scopes import EVERYONE
 from domain.search_query import parse_search
-from storage.search_sql import positional, search_statement
+from storage.criteria_sql import positional
+from storage.search_sql import search_statement
 
 COMMON = [("patient", "patient-7"), ("status", "active")]
 REQUESTS = 60
@@ -112,6 +114,6 @@ def _on_the_loop(pairs: list[tuple[str, str]]) -> float:
     started = time.process_time()
     for _ in range(LOOP_REPEATS):
         query = parse_search("CarePlan", pairs, lenient=False)
-        statement = search_statement("t1", query, patient_id=None, after=None)
+        statement = search_statement("t1", query, reader=EVERYONE, after=None)
         positional(statement.page_sql, statement.params)
     return round((time.process_time() - started) * 1000 / LOOP_REPEATS, 3)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from domain.errors import ModuleNotLicensed, NotPermitted
+from domain.scopes import Reader, ReadScopes
 
 MODULE_ENTITLEMENT = "ehr.care_plans"
 # CONTRACT §5: a tenant id becomes a token of event subjects, so it is letters, digits, `_` and `-` only.
@@ -37,6 +38,7 @@ class Principal:
     token_id: str | None = None
     issuer: str | None = None
     scopes: frozenset[str] = frozenset()  # the SMART `scope` claim, as given; unknown ones mean nothing
+    read_scopes: ReadScopes | None = None  # what `scopes` lets it read (domain.scopes); None: no claim
 
     def __post_init__(self) -> None:
         if self.patient_id is None and self.claims_patient_context:
@@ -49,6 +51,11 @@ class Principal:
     @property
     def is_patient(self) -> bool:
         return self.patient_id is not None
+
+    @property
+    def reader(self) -> Reader:
+        """The caller as the read paths see it: its patient, and its read scopes."""
+        return Reader(self.patient_id, self.read_scopes)
 
 
 class Permission:

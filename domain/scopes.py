@@ -157,6 +157,37 @@ def _describe(criteria: Filter) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """The caller as every read path sees it (`Principal.reader`): a patient's id, for CONTRACT §6's
+    filters, and the token's read scopes (None: no `scope` claim, so its roles decide, as before scopes)."""
+
+    patient_id: str | None = None
+    scopes: ReadScopes | None = None
+
+    def reading(self, resource_type: str) -> tuple[Filter, ...] | None:
+        """What a read of the type (by id, vread, history, include) must pass; None: everything."""
+        return None if self.scopes is None else self.scopes.reading(resource_type)
+
+    def searching(self, resource_type: str) -> tuple[Filter, ...] | None:
+        """What a search's matches of the type must pass; None: everything."""
+        return None if self.scopes is None else self.scopes.searching(resource_type)
+
+    def may_read(self, resource_type: str) -> bool:
+        return self.scopes is None or self.scopes.may_read(resource_type)
+
+    def may_search(self, resource_type: str) -> bool:
+        return self.scopes is None or self.scopes.may_search(resource_type)
+
+    @property
+    def fingerprint(self) -> str:
+        """What a paging cursor is bound to, beside the caller: a page is never read under other scopes."""
+        return "roles" if self.scopes is None else self.scopes.fingerprint
+
+
+EVERYONE = Reader()  # staff without scopes: what tools and benchmarks read as
+
+
 def read_scopes(claim: Iterable[str] | None) -> ReadScopes | None:
     """A `scope` claim's read grants; None without the claim (the token then reads by its roles, as
     before scopes)."""

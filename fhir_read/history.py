@@ -24,6 +24,7 @@ from fhir_read.conditional import conditional_resource_response
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
+from fhir_read.scopes import scope_refusal
 from storage.history_reads import (
     HistoryKey,
     ProvenanceKey,
@@ -78,6 +79,8 @@ def _fhir_route(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRes
 async def vread_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     """`GET /fhir/{type}/{id}/_history/{vid}`: a non-numeric version is as unknown as a missing one."""
     resource_type, resource_id, vid = _type_of(request), request.match_info["id"], request.match_info["vid"]
+    if (refused := scope_refusal(principal, resource_type, "r")) is not None:
+        return refused
     found = None
     if _ID.fullmatch(resource_id) and _VERSION.fullmatch(vid):
         found = await read_reflecting(
@@ -88,7 +91,7 @@ async def vread_route(request: web.Request, principal: Principal) -> web.StreamR
                 resource_type,
                 resource_id,
                 int(vid),
-                patient_id=principal.patient_id,
+                reader=principal.reader,
             ),
         )
     if found is None:
@@ -111,6 +114,8 @@ async def type_history_route(request: web.Request, principal: Principal) -> web.
 
 async def _history(request: web.Request, principal: Principal, resource_id: str | None) -> web.StreamResponse:
     resource_type = _type_of(request)
+    if (refused := scope_refusal(principal, resource_type, "r")) is not None:
+        return refused
     params = _Params.parse(request, {"_since"})
     since_text = params.single("_since")
     since = None if since_text is None else _date_range(since_text, "_since")[0]
@@ -132,7 +137,7 @@ async def _history(request: web.Request, principal: Principal, resource_id: str 
             since=since,
             after=after,
             limit=page.count + 1,
-            patient_id=principal.patient_id,
+            reader=principal.reader,
         ),
     )
     if versions is None:
@@ -161,12 +166,14 @@ async def _history(request: web.Request, principal: Principal, resource_id: str 
 @_fhir_route
 async def provenance_read_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     provenance_id = request.match_info["id"]
+    if (refused := scope_refusal(principal, "Provenance", "r")) is not None:
+        return refused
     found = None
     if _ID.fullmatch(provenance_id):
         found = await read_reflecting(
             request,
             lambda engine: read_provenance(
-                engine, principal.tenant_id, provenance_id, patient_id=principal.patient_id
+                engine, principal.tenant_id, provenance_id, reader=principal.reader
             ),
         )
     if found is None:
@@ -177,6 +184,8 @@ async def provenance_read_route(request: web.Request, principal: Principal) -> w
 @_fhir_route
 async def provenance_search_route(request: web.Request, principal: Principal) -> web.StreamResponse:
     """`GET /fhir/Provenance?target=&patient=&recorded=`: comma is OR, a repeated parameter is AND."""
+    if (refused := scope_refusal(principal, "Provenance", "s")) is not None:
+        return refused
     params = _Params.parse(request, {"target", "patient", "recorded"})
     search = ProvenanceQuery(
         targets=tuple(tuple(_target(v) for v in _any_of(raw, "target")) for raw in params.all("target")),
@@ -201,7 +210,7 @@ async def provenance_search_route(request: web.Request, principal: Principal) ->
             search,
             after=after,
             limit=page.count + 1,
-            patient_id=principal.patient_id,
+            reader=principal.reader,
         ),
     )
     entries = [entry(page.base, "Provenance", r.id, r.json_text, "match") for r in records[: page.count]]
@@ -330,6 +339,7 @@ class _Page:
             "t": principal.tenant_id,
             "s": principal.subject,
             "pt": principal.patient_id,
+            "sc": principal.reader.fingerprint,
             "path": request.path,
             "q": sorted([name, value] for name, value in self.filters),
         }

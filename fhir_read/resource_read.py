@@ -12,6 +12,7 @@ from fhir_read.auth import Unauthenticated
 from fhir_read.conditional import conditional_resource_response
 from fhir_read.consistency import read_reflecting
 from fhir_read.outcome import operation_outcome
+from fhir_read.scopes import scope_refusal
 from storage.reads import read_resource
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -25,12 +26,14 @@ async def read_route(request: web.Request) -> web.StreamResponse:
         return operation_outcome(401, str(exc))
     resource_type = request.path.split("/")[2]
     resource_id = request.match_info["id"]
+    if (refused := scope_refusal(principal, resource_type, "r")) is not None:
+        return refused
     if not FHIR_ID.fullmatch(resource_id):
         return operation_outcome(404, f"{resource_type}/{resource_id[:64]!r} is not known")
     found = await read_reflecting(
         request,
         lambda engine: read_resource(
-            engine, principal.tenant_id, resource_type, resource_id, patient_id=principal.patient_id
+            engine, principal.tenant_id, resource_type, resource_id, reader=principal.reader
         ),
     )
     if found is None:

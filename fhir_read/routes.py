@@ -18,7 +18,7 @@ from fhir_read.resource_read import read_route
 from fhir_read.search import search_route
 from handlers.ports import TokenVerifier
 from storage.read_routing import ReadRouter
-from storage.reads import READABLE_TABLES
+from storage.tables import READABLE_TABLES
 
 
 def add_fhir_routes(

@@ -16,6 +16,7 @@ from fhir_read.bundle import entry, outcome_entry, searchset, subset
 from fhir_read.consistency import read_reflecting
 from fhir_read.cursor import CursorError, decode_value, encode_value, seal, unseal
 from fhir_read.outcome import FHIR_JSON, operation_outcome
+from fhir_read.scopes import scope_refusal
 from storage.search_sql import Page, load_includes, load_revincludes, run_search
 
 
@@ -27,6 +28,8 @@ async def search_route(request: web.Request) -> web.StreamResponse:
         principal = await authenticate_caller(request)
     except Unauthenticated as exc:
         return operation_outcome(401, str(exc))
+    if (refused := scope_refusal(principal, resource_type, "s")) is not None:
+        return refused
     params = list(request.query.items())
     lenient = prefers_lenient(request)
     try:
@@ -40,9 +43,7 @@ async def search_route(request: web.Request) -> web.StreamResponse:
         query, after = _query_and_position(request, resource_type, principal, params, lenient)
 
         async def search_with_includes(engine: AsyncEngine) -> bytes:
-            page = await run_search(
-                engine, principal.tenant_id, query, patient_id=principal.patient_id, after=after
-            )
+            page = await run_search(engine, principal.tenant_id, query, reader=principal.reader, after=after)
             return await _bundle(request, engine, principal, query, page)
 
         body = await read_reflecting(request, search_with_includes)
@@ -67,7 +68,13 @@ async def _search_form(request: web.Request) -> list[tuple[str, str]] | None:
 
 
 def _binding(principal: Principal, resource_type: str) -> dict[str, object]:
-    return {"t": principal.tenant_id, "s": principal.subject, "pt": principal.patient_id, "rt": resource_type}
+    return {
+        "t": principal.tenant_id,
+        "s": principal.subject,
+        "pt": principal.patient_id,
+        "sc": principal.reader.fingerprint,  # a page is never read under other scopes than the first
+        "rt": resource_type,
+    }
 
 
 def _query_and_position(
@@ -129,9 +136,9 @@ async def _bundle(
 async def _included(
     engine: AsyncEngine, principal: Principal, query: SearchQuery, page: Page
 ) -> list[tuple[str, str, str]]:
-    """`_include` (one `:iterate` level) and `_revinclude`, each branch under the same patient filter, on the
-    engine the matches came from."""
-    tenant, patient = principal.tenant_id, principal.patient_id
+    """`_include` (one `:iterate` level) and `_revinclude`, each branch under the same patient filter and
+    scopes as a read, on the engine the matches came from."""
+    tenant, reader = principal.tenant_id, principal.reader
     ids = [m.resource_id for m in page.matches]
     found: dict[tuple[str, str], str] = {}
     seen = {(query.resource_type, i) for i in ids}
@@ -147,20 +154,20 @@ async def _included(
         if include.source_type == query.resource_type:
             add(
                 await load_includes(
-                    engine, tenant, include.source_type, ids, include, patient_id=patient, limit=MAX_INCLUDED
+                    engine, tenant, include.source_type, ids, include, reader=reader, limit=MAX_INCLUDED
                 )
             )
     for include in query.revincludes:
         add(
             await load_revincludes(
-                engine, tenant, query.resource_type, ids, include, patient_id=patient, limit=MAX_INCLUDED
+                engine, tenant, query.resource_type, ids, include, reader=reader, limit=MAX_INCLUDED
             )
         )
     for include in (i for i in query.includes if i.iterate):
         sources = [i for (t, i) in found if t == include.source_type]
         add(
             await load_includes(
-                engine, tenant, include.source_type, sources, include, patient_id=patient, limit=MAX_INCLUDED
+                engine, tenant, include.source_type, sources, include, reader=reader, limit=MAX_INCLUDED
             )
         )
     return [(t, i, body) for (t, i), body in found.items()]

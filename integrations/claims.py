@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from domain.access import TENANT_ID, PatientWithoutContext, Principal
+from domain.scopes import read_scopes
 from handlers.ports import AuthenticationFailed
 
 PATIENT_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # a FHIR id
@@ -28,6 +29,7 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     patient_id = claims.get("patient_id")
     if patient_id is not None and (not isinstance(patient_id, str) or not PATIENT_ID.fullmatch(patient_id)):
         raise AuthenticationFailed("claim `patient_id` must be a FHIR id ([A-Za-z0-9.-]{1,64})")
+    scopes = _words(claims.get("scope"), "scope")
     try:
         return Principal(
             tenant_id=tenant_id,
@@ -37,7 +39,9 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
             patient_id=patient_id,
             token_id=_optional_word(claims.get("jti"), "jti"),
             issuer=_optional_word(claims.get("iss"), "iss"),
-            scopes=_words(claims.get("scope"), "scope"),
+            scopes=scopes,
+            # The claim's read grants (CONTRACT §13); without the claim, reads go by roles as before.
+            read_scopes=read_scopes(scopes) if "scope" in claims else None,
         )
     except PatientWithoutContext as exc:
         raise AuthenticationFailed(str(exc)) from exc

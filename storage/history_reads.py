@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from sqlalchemy import ColumnElement, Text, and_, cast, exists, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.reads import READABLE_TABLES, StoredResource, tenant_transaction
-from storage.tables import provenance, resource_history
-from storage.visibility import HIDDEN_FROM_PATIENTS, provenance_visible_to_patient, visible_to_patient
+from domain.scopes import EVERYONE, Reader, matches
+from storage.criteria_sql import Sql, provenance_visible_sql
+from storage.reads import StoredResource, tenant_transaction
+from storage.tables import READABLE_TABLES, provenance, resource_history
+from storage.visibility import HIDDEN_FROM_PATIENTS, visible_to_patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,18 +102,31 @@ async def read_version(
     resource_id: str,
     version: int,
     *,
-    patient_id: str | None = None,
+    reader: Reader = EVERYONE,
 ) -> StoredResource | None:
-    """One stored version (vread), or None when unknown or hidden from this caller."""
+    """One stored version (vread), or None when unknown or hidden from this caller: a patient's walls, and
+    the token's scopes judged on that very version (CONTRACT §13; the index holds current versions only)."""
     h = resource_history.c
     query = select(h.version, h.last_updated, cast(h.resource, Text)).where(
-        *_visible_versions(tenant_id, resource_type, patient_id),
+        *_visible_versions(tenant_id, resource_type, reader.patient_id),
         h.resource_id == resource_id,
         h.version == version,
     )
     async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(query)).one_or_none()
-    return None if row is None else StoredResource(row[0], row[1], row[2])
+    if row is None or not _in_scope(reader, resource_type, row[2]):
+        return None
+    return StoredResource(row[0], row[1], row[2])
+
+
+def _in_scope(reader: Reader, resource_type: str, json_text: str) -> bool:
+    filters = reader.reading(resource_type)
+    return filters is None or matches(orjson.loads(json_text), filters)
+
+
+# A history under granular scopes is read in batches of at least this many versions, each judged on its
+# own, until the page is full or history ends.
+_SCOPED_BATCH = 200
 
 
 async def read_history(
@@ -122,13 +138,41 @@ async def read_history(
     since: datetime | None,
     after: HistoryKey | None,
     limit: int,
-    patient_id: str | None = None,
+    reader: Reader = EVERYONE,
 ) -> list[HistoryVersion] | None:
     """Up to `limit` versions newest first (of one resource, or of the whole type when `resource_id` is
-    None), strictly after `after`. None when the one resource has no version this caller may see, so an
-    instance history of an unknown id is a 404 rather than an empty Bundle."""
+    None), strictly after `after`, each one this caller may see. None when the one resource has no version
+    this caller may see, so an instance history of an unknown id is a 404 rather than an empty Bundle."""
+    if reader.reading(resource_type) is None:
+        return await _history_page(engine, tenant_id, resource_type, resource_id, since, after, limit, reader)
+    # Under granular scopes each version is judged on its own JSON: read on until the page is full.
+    shown: list[HistoryVersion] = []
+    batch, first_page = max(limit, _SCOPED_BATCH), after is None
+    while True:
+        page = await _history_page(engine, tenant_id, resource_type, resource_id, since, after, batch, reader)
+        if page is None:
+            return None
+        shown += [v for v in page if _in_scope(reader, resource_type, v.json_text)]
+        if len(shown) >= limit or len(page) < batch:
+            break
+        after = page[-1].key
+    if not shown and resource_id is not None and first_page:
+        return None  # not one version of it is within the scopes: as if it did not exist
+    return shown[:limit]
+
+
+async def _history_page(
+    engine: AsyncEngine,
+    tenant_id: str,
+    resource_type: str,
+    resource_id: str | None,
+    since: datetime | None,
+    after: HistoryKey | None,
+    limit: int,
+    reader: Reader,
+) -> list[HistoryVersion] | None:
     h = resource_history.c
-    conditions = _visible_versions(tenant_id, resource_type, patient_id)
+    conditions = _visible_versions(tenant_id, resource_type, reader.patient_id)
     if resource_id is not None:
         conditions.append(h.resource_id == resource_id)
     page = conditions.copy()
@@ -162,24 +206,24 @@ async def read_history(
     return [HistoryVersion(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def _visible_provenance(tenant_id: str, patient_id: str | None) -> list[ColumnElement[bool]]:
+def _visible_provenance(tenant_id: str, reader: Reader) -> list[ColumnElement[bool]]:
+    """A patient's own audit, and under scopes only the audit of what the token may read now."""
     p = provenance.c
     conditions: list[ColumnElement[bool]] = [p.tenant_id == tenant_id]
-    if patient_id is not None:
-        visible = text(
-            provenance_visible_to_patient("provenance", ":visible_patient", ":hidden_statuses")
-        ).bindparams(visible_patient=patient_id, hidden_statuses=list(HIDDEN_FROM_PATIENTS))
+    if reader.patient_id is not None or reader.scopes is not None:
+        sql = Sql()
+        visible = text(provenance_visible_sql(sql, reader, "provenance")).bindparams(**sql.params)
         conditions.append(visible)  # type: ignore[arg-type]
     return conditions
 
 
 async def read_provenance(
-    engine: AsyncEngine, tenant_id: str, provenance_id: str, *, patient_id: str | None = None
+    engine: AsyncEngine, tenant_id: str, provenance_id: str, *, reader: Reader = EVERYONE
 ) -> StoredResource | None:
     """One audit Provenance; it is never revised, so it is always version 1 as of `recorded`."""
     p = provenance.c
     query = select(p.recorded, cast(p.resource, Text)).where(
-        *_visible_provenance(tenant_id, patient_id), p.id == provenance_id
+        *_visible_provenance(tenant_id, reader), p.id == provenance_id
     )
     async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(query)).one_or_none()
@@ -204,11 +248,11 @@ async def search_provenance(
     *,
     after: ProvenanceKey | None,
     limit: int,
-    patient_id: str | None = None,
+    reader: Reader = EVERYONE,
 ) -> list[ProvenanceRecord]:
     """Up to `limit` matches in (recorded, id) order, strictly after `after`."""
     p = provenance.c
-    conditions = _visible_provenance(tenant_id, patient_id)
+    conditions = _visible_provenance(tenant_id, reader)
     # `&&`: any of the comma-listed targets. A filter after the tenant's index: under RLS no GIN operator
     # can be an index condition (migration 0009).
     conditions += [p.targets.overlap(list(any_of)) for any_of in search.targets]

@@ -16,9 +16,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Unavailable
+from domain.scopes import EVERYONE, Reader
 from handlers.ports import StoredOutcome
+from storage.criteria_sql import Sql, positional, visible_sql
 from storage.database import SET_TENANT
 from storage.errors import describe, is_transient
+from storage.tables import READABLE_TABLES
 from storage.visibility import HIDDEN_FROM_PATIENTS, visible_to_patient
 from storage.wal_position import (
     CURRENT_POSITION,
@@ -70,29 +73,32 @@ async def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> AsyncIterat
         raise
 
 
-READABLE_TABLES = {
-    "CarePlan": "care_plans",
-    "Goal": "goals",
-    "Task": "tasks",
-    "CareTeam": "care_teams",
-    "PlanDefinition": "plan_definitions",
-}
-
-
 async def read_resource(
     engine: AsyncEngine,
     tenant_id: str,
     resource_type: str,
     resource_id: str,
     *,
-    patient_id: str | None = None,
+    reader: Reader = EVERYONE,
 ) -> StoredResource | None:
-    """The current version, or None when unknown or hidden from this caller (storage.visibility)."""
-    sql = _read_sql(resource_type, patient_id is not None)
-    args: list[Any] = [resource_id]
-    if patient_id is not None:
-        args += [patient_id, list(HIDDEN_FROM_PATIENTS)]
-    rows = await fetch_in_tenant(engine, tenant_id, sql, *args)
+    """The current version, or None when unknown or hidden from this caller (a patient's walls,
+    storage.visibility; the token's scopes, storage.criteria_sql.visible_sql)."""
+    if reader.reading(resource_type) is not None:
+        sql = Sql()
+        where = visible_sql(sql, resource_type, reader)
+        table = READABLE_TABLES[resource_type]
+        statement = (
+            f"SELECT version, last_updated, resource::text FROM {table} r "
+            f"WHERE r.id = {sql.bind(resource_id)} AND {where}"
+        )
+        rows = await fetch_in_tenant(engine, tenant_id, *positional(statement, sql.params))
+    else:
+        args: list[Any] = [resource_id]
+        if reader.patient_id is not None:
+            args += [reader.patient_id, list(HIDDEN_FROM_PATIENTS)]
+        rows = await fetch_in_tenant(
+            engine, tenant_id, _read_sql(resource_type, reader.patient_id is not None), *args
+        )
     return StoredResource(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
 

@@ -254,6 +254,15 @@ schedule_markers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
+# The FHIR types read from a current-row table of their own (Provenance has its table apart).
+READABLE_TABLES = {
+    "CarePlan": "care_plans",
+    "Goal": "goals",
+    "Task": "tasks",
+    "CareTeam": "care_teams",
+    "PlanDefinition": "plan_definitions",
+}
+
 TENANT_TABLES: tuple[str, ...] = (
     "care_plans",
     "goals",
