@@ -29,6 +29,7 @@ from domain.search_query import (
     MAX_VALUE_CHARS,
 )
 from fhir_read.outcome import FHIR_JSON
+from fhir_read.smart import SmartEndpoints, rest_security
 
 SERVICE_VERSION = "0.1.0"
 _PROGRAM_KEY_NOTE = (
@@ -50,7 +51,7 @@ COMMON_PARAMETERS = [
 ]
 
 
-def capability_statement() -> dict[str, Any]:
+def capability_statement(endpoints: SmartEndpoints | None = None) -> dict[str, Any]:
     resources: list[dict[str, Any]] = []
     for resource_type in SEARCHABLE_TYPES:
         params = BY_TYPE[resource_type]
@@ -145,17 +146,20 @@ def capability_statement() -> dict[str, Any]:
                     "own records, nothing of draft or entered-in-error CarePlans (their goals, activities, "
                     "care teams and audit included)."
                 ),
-                "security": {
-                    "description": "Bearer JWT from identity-service; the tenant comes from the token."
-                },
+                "security": rest_security(endpoints or SmartEndpoints()),
                 "resource": resources,
             }
         ],
     }
 
 
-_BODY = orjson.dumps(capability_statement())
+CAPABILITY_BODY = web.AppKey("capability_body", bytes)
 
 
-async def metadata_route(_: web.Request) -> web.Response:
-    return web.Response(body=_BODY, content_type=FHIR_JSON)
+def install_capability_statement(app: web.Application, endpoints: SmartEndpoints) -> None:
+    """Rendered once per app: it changes only with the code and the OAuth endpoints configured."""
+    app[CAPABILITY_BODY] = orjson.dumps(capability_statement(endpoints))
+
+
+async def metadata_route(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CAPABILITY_BODY], content_type=FHIR_JSON)

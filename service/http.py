@@ -17,6 +17,7 @@ from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
 from fhir_read.consistency import position_header
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
+from fhir_read.smart import SmartEndpoints
 from handlers.errors import Rejection
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
@@ -54,6 +55,7 @@ def create_http_app(
     metrics: ServiceMetrics | None = None,
     reads: ReadRouter | None = None,
     read_rollout: RolloutReader | None = None,
+    smart: SmartEndpoints | None = None,
 ) -> web.Application:
     """`engine` is the primary's (command outcomes, and FHIR reads unless `reads` routes them elsewhere)."""
     metrics = metrics or ServiceMetrics()
@@ -71,6 +73,7 @@ def create_http_app(
         verifier,
         cursor_secret=cursor_secret,
         public_base_url=public_base_url,
+        smart=smart,
     )
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if read_rollout is not None:

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     upstream_mode: Literal["nats", "off"] | None = Field(
         default=None, description="ask upstream services (nats) or accept ids as given (off)"
     )
+    smart_authorization_endpoint: str | None = Field(
+        default=None,
+        description="identity-service's OAuth authorize URL, for .well-known/smart-configuration",
+    )
+    smart_token_endpoint: str | None = Field(
+        default=None, description="identity-service's OAuth token URL, for .well-known/smart-configuration"
+    )
     public_base_url: str | None = Field(default=None, description="external FHIR base for fullUrl and links")
     scheduler_interval_s: float = Field(default=60, gt=0, description="seconds between overdue sweeps")
     metrics_interval_s: float = Field(default=3600, gt=0, description="seconds between achievement summaries")

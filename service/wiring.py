@@ -17,6 +17,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhir_read.smart import SmartEndpoints
 from handlers.event_publisher import JetStreamEventPublisher
 from handlers.nats_consumer import (
     COMMAND_CONSUMER,
@@ -182,6 +183,11 @@ def wire_service(
         metrics=metrics,
         reads=reads,
         read_rollout=rollout_store.read,
+        smart=SmartEndpoints(
+            issuer=settings.jwt_issuer,
+            authorization_endpoint=settings.smart_authorization_endpoint,
+            token_endpoint=settings.smart_token_endpoint,
+        ),
     )
     return Wiring(
         broker,

@@ -303,3 +303,29 @@ async def test_a_version_is_judged_in_python_as_the_search_judges_it_in_sql(
             token = scoped(token_for, tenant, f"user/{resource_type}.rs?{query}")
             in_sql = set(ids(await search(service, token, resource_type, _count="200")))
             assert in_python == in_sql, (resource_type, query)
+
+
+async def test_smart_configuration_and_the_capability_statement_say_what_is_honoured(
+    service: RunningService,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{service.http_url}/fhir/.well-known/smart-configuration") as response,
+    ):
+        assert response.status == 200  # public: an app reads it before it has a token
+        configuration = await response.json()
+    assert configuration["capabilities"] == [
+        "permission-v1",
+        "permission-v2",
+        "permission-patient",
+        "permission-user",
+    ]
+    assert {"patient/CarePlan.rs", "user/*.read", "system/Provenance.rs"} <= set(
+        configuration["scopes_supported"]
+    )
+    assert "authorization_endpoint" not in configuration  # not configured in the tests: left out
+    status, capability = await fhir_get(f"{service.http_url}/fhir/metadata", None)
+    assert status == 200
+    security = capability["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    assert "granular" in security["description"] and "_revinclude" in security["description"]
