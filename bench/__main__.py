@@ -26,10 +26,11 @@ from bench.programs import run_programs
 from bench.reads import run_reads
 from bench.report import render
 from bench.scale import run_scale
+from bench.scopes import run_scopes
 from bench.topologies import run_topologies
 from bench.worst_search import run_worst_search
 
-SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies", "programs")
+SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies", "programs", "scopes")
 
 
 def main() -> None:
@@ -94,6 +95,7 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             workers=args.workers,
             sequential=min(args.sequential, 100),
         ),
+        "scopes": lambda: run_scopes(running, concurrency=32, seconds=args.read_seconds),
         "topologies": lambda: run_topologies(
             running,
             concurrency=args.concurrency,

@@ -24,6 +24,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_topologies(scenarios["topologies"]))
     if "programs" in scenarios:
         parts.append(_programs(scenarios["programs"]))
+    if "scopes" in scenarios:
+        parts.append(_scopes(scenarios["scopes"]))
     return "\n\n".join(parts)
 
 
@@ -166,4 +168,17 @@ def _programs(result: dict[str, Any]) -> str:
         judged = _verdict(verdict["value"], verdict["target"], at_least=verdict.get("at_least", False))
         lines.append(f"{name}: {verdict['value']:.2f} — {judged}")
     lines.append(f"errors: {result['errors']}; careplan serve peak RSS {result['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def _scopes(result: dict[str, Any]) -> str:
+    lines = [
+        f"scopes: the same FHIR searches under user/*.rs and under a granular category scope, "
+        f"{result['concurrency']} in flight ({result['tool']}), each twice, alternating",
+        _runs(result["runs"]),
+    ]
+    for name, verdict in result["verdicts"].items():
+        judged = _verdict(verdict["value"], verdict["target"], at_least=False)
+        lines.append(f"{name}: granular / user/*.rs, time per request {verdict['value']:.2f} — {judged}")
+    lines.append(f"careplan serve peak RSS {result['peak_rss_mb']} MB")
     return "\n".join(lines)
