@@ -329,3 +329,51 @@ async def test_smart_configuration_and_the_capability_statement_say_what_is_hono
     security = capability["rest"][0]["security"]
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     assert "granular" in security["description"] and "_revinclude" in security["description"]
+
+
+FORMS = {
+    "v1 wildcard": ["user/*.read"],
+    "v2 type-level": ["user/CarePlan.rs", "user/Provenance.rs"],
+    "v2 granular": [f"user/{ASSESS_SCOPE}", "user/Provenance.rs"],
+    "r without s": ["user/*.r"],
+    "patient": ["patient/*.rs"],
+    "system": ["system/CarePlan.rs"],
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+async def test_every_read_path_under_each_scope_form(
+    service: RunningService, world: World, tenant: str, token_for: TokenFactory, form: str
+) -> None:
+    """One row of the matrix: each read path's status for an in-scope plan (`assess`) and one outside a
+    granular scope (`other`), and whether the path's search (if any) may run."""
+    token = scoped(token_for, tenant, *FORMS[form], patient_id="p1" if form == "patient" else None)
+    granular = form == "v2 granular"
+    search_ok = form != "r without s"
+    provenance_ok = form not in ("system",)  # a scope names Provenance, or `*` does
+    paths = {
+        f"CarePlan/{world.assess}": 200,
+        f"CarePlan/{world.other}": 404 if granular else 200,
+        f"CarePlan/{world.assess}/_history/1": 200,
+        f"CarePlan/{world.other}/_history/1": 404 if granular else 200,
+        f"CarePlan/{world.other}/_history": 404 if granular else 200,
+        "CarePlan/_history": 200,
+        "CarePlan": 200 if search_ok else 403,
+        "Provenance": (200 if search_ok else 403) if provenance_ok else 403,
+    }
+    got = {path: await status_of(service, token, path) for path in paths}
+    assert got == paths, form
+    if search_ok:
+        bundle = await search(service, token, "CarePlan", _revinclude="Provenance:target")
+        matched = set(ids(bundle))
+        assert world.assess in matched and (world.other in matched) is not granular
+        assert (world.p2 in matched) is (form != "patient")  # a patient's scopes keep their walls
+        audited = {
+            t["reference"]
+            for e in bundle["entry"]
+            if e["search"]["mode"] == "include"
+            for t in e["resource"]["target"]
+        }
+        assert (f"CarePlan/{world.other}" in {a.split("/_history")[0] for a in audited}) is (
+            provenance_ok and not granular
+        )
