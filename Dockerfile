@@ -16,6 +16,9 @@ COPY service service
 RUN /opt/careplan/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim AS runtime
+# `docker build --build-arg CAREPLAN_BUILD_COMMIT=$(git rev-parse HEAD)`: `careplan --version` and the
+# `careplan_build_info` metric name it.
+ARG CAREPLAN_BUILD_COMMIT=""
 RUN groupadd --system careplan && useradd --system --gid careplan --home-dir /nonexistent careplan
 COPY --from=build /opt/careplan /opt/careplan
 ENV PATH=/opt/careplan/bin:$PATH \
@@ -23,7 +26,8 @@ ENV PATH=/opt/careplan/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     CAREPLAN_LOG_FORMAT=json \
     CAREPLAN_HTTP_HOST=0.0.0.0 \
-    CAREPLAN_HTTP_PORT=8080
+    CAREPLAN_HTTP_PORT=8080 \
+    CAREPLAN_BUILD_COMMIT=${CAREPLAN_BUILD_COMMIT}
 USER careplan
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \

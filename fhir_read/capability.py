@@ -3,6 +3,8 @@ so it lists exactly what works."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -31,7 +33,15 @@ from domain.search_query import (
 from fhir_read.outcome import FHIR_JSON
 from fhir_read.smart import SmartEndpoints, rest_security
 
-SERVICE_VERSION = "0.1.0"
+
+@dataclass(frozen=True, slots=True)
+class Software:
+    """CapabilityStatement.software and `date`: the running build's (service.build_info)."""
+
+    version: str = "unknown"
+    released: date | None = None
+
+
 _PROGRAM_KEY_NOTE = (
     f"Made by enrolment in a care program: the extension {PROGRAM_KEY_EXTENSION} (valueId) holds the "
     "program key it was made from; items added by hand have none."
@@ -51,7 +61,9 @@ COMMON_PARAMETERS = [
 ]
 
 
-def capability_statement(endpoints: SmartEndpoints | None = None) -> dict[str, Any]:
+def capability_statement(
+    endpoints: SmartEndpoints | None = None, software: Software | None = None
+) -> dict[str, Any]:
     resources: list[dict[str, Any]] = []
     for resource_type in SEARCHABLE_TYPES:
         params = BY_TYPE[resource_type]
@@ -121,13 +133,15 @@ def capability_statement(endpoints: SmartEndpoints | None = None) -> dict[str, A
             ],
         }
     )
+    software = software or Software()
+    released = (software.released or datetime.now(UTC).date()).isoformat()
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-25",
+        "date": released,
         "publisher": "care-plan-service",
         "kind": "instance",
-        "software": {"name": "care-plan-service", "version": SERVICE_VERSION},
+        "software": {"name": "care-plan-service", "version": software.version, "releaseDate": released},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "implementationGuide": ["http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core"],
@@ -156,9 +170,9 @@ def capability_statement(endpoints: SmartEndpoints | None = None) -> dict[str, A
 CAPABILITY_BODY = web.AppKey("capability_body", bytes)
 
 
-def install_capability_statement(app: web.Application, endpoints: SmartEndpoints) -> None:
-    """Rendered once per app: it changes only with the code and the OAuth endpoints configured."""
-    app[CAPABILITY_BODY] = orjson.dumps(capability_statement(endpoints))
+def install_capability_statement(app: web.Application, endpoints: SmartEndpoints, software: Software) -> None:
+    """Rendered once per app: it changes only with the build and the OAuth endpoints configured."""
+    app[CAPABILITY_BODY] = orjson.dumps(capability_statement(endpoints, software))
 
 
 async def metadata_route(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from domain.search_parameters import SEARCHABLE_TYPES
 from fhir_read.app_context import install_app_context
-from fhir_read.capability import install_capability_statement, metadata_route
+from fhir_read.capability import Software, install_capability_statement, metadata_route
 from fhir_read.history import (
     instance_history_route,
     provenance_read_route,
@@ -30,11 +30,12 @@ def add_fhir_routes(
     cursor_secret: bytes | None,
     public_base_url: str | None,
     smart: SmartEndpoints | None = None,
+    software: Software | None = None,
 ) -> None:
     """Every FHIR route, on the app context `install_app_context` sets up from the same arguments."""
     install_app_context(app, reads, verifier, cursor_secret=cursor_secret, public_base_url=public_base_url)
     app[SMART] = smart or SmartEndpoints()
-    install_capability_statement(app, app[SMART])
+    install_capability_statement(app, app[SMART], software or Software())
     app.router.add_get("/fhir/.well-known/smart-configuration", smart_configuration_route)
     # History first, so `/_history` is never taken for an id by the read routes.
     for resource_type in READABLE_TABLES:

@@ -316,7 +316,16 @@ _QUERY_HEADERS = _object({"Authorization": _AUTHORIZATION}, required=["Authoriza
 _REPLY_HEADERS = _object(
     {"correlation_id": _CORRELATION_ID, "content-type": {"type": "string", "const": "application/json"}}
 )
-_EVENT_HEADERS = _object({"Nats-Msg-Id": {"type": "string", "description": "The event's `id`."}})
+_EVENT_HEADERS = _object(
+    {
+        "Nats-Msg-Id": {"type": "string", "description": "The event's `id`."},
+        "content-type": {
+            "type": "string",
+            "const": "application/cloudevents+json",
+            "description": "CloudEvents NATS binding: the message is the event in structured mode.",
+        },
+    }
+)
 _DLQ_HEADERS = {
     **_object(
         {

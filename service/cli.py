@@ -13,6 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from domain.access import PATIENT_ROLE
+from service.build_info import build_info
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from flags, then CAREPLAN_* environment variables, then defaults.",
         parents=[settings_flags],
     )
+    parser.add_argument("--version", action="version", version=build_info().line)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
+from fhir_read.capability import Software
 from fhir_read.consistency import position_header
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
@@ -22,6 +23,7 @@ from handlers.errors import Rejection
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
 from handlers.queries import RolloutReader, rollout_progress, stored_outcome
+from service.build_info import build_info
 from service.openapi import OPENAPI_PATH, openapi_document
 from service.rest_api import CORRELATION_HEADER, add_command_routes
 from service.telemetry import ServiceMetrics
@@ -59,6 +61,7 @@ def create_http_app(
 ) -> web.Application:
     """`engine` is the primary's (command outcomes, and FHIR reads unless `reads` routes them elsewhere)."""
     metrics = metrics or ServiceMetrics()
+    build = build_info()
     app = web.Application(
         middlewares=[_observed, _errors_as_documents, position_header], client_max_size=1024 * 1024
     )
@@ -74,6 +77,7 @@ def create_http_app(
         cursor_secret=cursor_secret,
         public_base_url=public_base_url,
         smart=smart,
+        software=Software(version=build.version, released=build.released),
     )
     app.router.add_get("/api/v1/commands/{command_id}", command_outcome_route)
     if read_rollout is not None:

@@ -10,10 +10,20 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 
 from handlers.ports import CommandObservation
+from service.build_info import build_info
 
 log = logging.getLogger(__name__)
 command_log = logging.getLogger("careplan.commands")
@@ -31,6 +41,14 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The platform's standard series, as every Python service exports them: process_* (CPU, memory, open
+        # files, start time), python_gc_* and python_info.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
+        build = build_info()
+        self.build_info = Info("careplan_build", "The running build", registry=r)
+        self.build_info.info({"version": build.version, "commit": build.commit or "", "python": build.python})
         self.commands = Counter(
             "careplan_commands",
             "Commands processed, by command, transport and outcome (ok, an error code, unavailable, error)",

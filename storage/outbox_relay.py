@@ -170,7 +170,7 @@ class OutboxRelay:
         done: list[int] = []
         for row in rows:
             try:
-                await self._publish(row.subject, row.payload, {"Nats-Msg-Id": str(row.event_id)})
+                await self._publish(row.subject, row.payload, _headers(row))
             except Exception as exc:
                 return done, (row.id, exc)
             done.append(row.id)
@@ -270,3 +270,13 @@ async def outbox_backlog(engine: AsyncEngine) -> OutboxBacklog:
     return OutboxBacklog(
         waiting=int(waiting[0]), parked=int(parked or 0), oldest_waiting_s=max(float(waiting[1]), 0.0)
     )
+
+
+# Every outbox row is a CloudEvent in structured mode: the NATS binding says so with `content-type`, or a
+# consumer reads the message as binary mode (the payload as the event's data).
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+
+
+def _headers(row: Row) -> dict[str, str]:
+    """The stream drops a second copy by `Nats-Msg-Id` (a publish retried after a lost PubAck)."""
+    return {"Nats-Msg-Id": str(row.event_id), "content-type": CLOUDEVENTS_JSON}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -489,6 +491,13 @@ def test_help_lists_every_setting_flag() -> None:
         assert f"CAREPLAN_{name.upper()}" in done.stdout, name
     for command in ("migrate", "serve", "scheduler", "dev", "token", "send"):
         assert command in done.stdout
+
+
+def test_version_prints_the_installed_version() -> None:
+    done = run_cli(["--version"], env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"care-plan-service {metadata.version('care-plan-service')}")
+    assert f"Python {platform.python_version()}" in done.stdout
 
 
 def test_scheduler_runs_alone_and_stops_cleanly(database: DatabaseUrls, workdir: Path) -> None:

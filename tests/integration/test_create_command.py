@@ -66,6 +66,7 @@ async def test_create_replies_publishes_events_and_serves_fhir(
     assert event["correlationid"] == "corr-1"
     assert event["resourceversion"] == 1
     assert event["_headers"]["Nats-Msg-Id"] == event["id"]
+    assert event["_headers"]["content-type"] == "application/cloudevents+json"  # structured mode
     assert event["data"]["resource"]["id"] == plan_id
 
     # and the audit Provenance names the versioned target and the caller

@@ -9,6 +9,7 @@ import io
 import logging
 import uuid
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from service.runner import RunningService, start_service
 from service.settings import Settings
 from tests.conftest import TokenFactory
 from tests.integration.commands import RestCaller
+from tests.integration.fhir_client import fhir_get
 from tests.integration.helpers import CARE_PLAN
 from tests.integration.scrape import moved, scrape, value
 
@@ -235,3 +237,20 @@ async def test_a_stop_makes_readiness_false_first_and_serves_until_intake_stops(
         with pytest.raises(aiohttp.ClientConnectionError):
             async with http.get(f"{url}/healthz"):
                 pass
+
+
+async def test_metrics_have_the_platform_series_and_the_build(service: RunningService) -> None:
+    samples = await scrape(service)
+    names = {name for name, _ in samples}
+    assert {
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    } <= names
+    assert {"python_gc_collections_total", "python_info"} <= names
+    (build,) = [labels for name, labels in samples if name == "careplan_build_info"]
+    assert dict(build)["version"] == metadata.version("care-plan-service")
+    status, capability = await fhir_get(f"{service.http_url}/fhir/metadata", None)
+    assert status == 200
+    assert capability["software"]["version"] == dict(build)["version"]
+    assert capability["date"] == capability["software"]["releaseDate"]
