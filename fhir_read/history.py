@@ -46,6 +46,7 @@ _TARGET = re.compile(
 )
 _PATIENT = re.compile(r"(?:Patient/)?([A-Za-z0-9\-.]{1,64})")
 _PAGING = ("_count", "_cursor")
+_FORMAT = ("_format", "_pretty")  # JSON is all we serve (fhir_read.formats refuses another); ignored
 
 
 class InvalidRequest(Exception):
@@ -245,6 +246,8 @@ class _Params:
         if criteria > MAX_CRITERIA:
             raise InvalidRequest(f"{criteria} search parameters; a search takes at most {MAX_CRITERIA}")
         for name, value in request.query.items():
+            if name in _FORMAT:
+                continue
             if name in filters or name in _PAGING:
                 known.append((name, value))
             elif prefers_lenient(request):

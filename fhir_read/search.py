@@ -87,11 +87,24 @@ def _query_and_position(
     cursors = [v for k, v in params if k == "_cursor"]
     if not cursors:
         return parse_search(resource_type, params, lenient=lenient), None
-    if len(params) != 1:
-        raise SearchError("_cursor carries the whole query; send it alone")
+    beside = sorted({k for k, _ in params if k != "_cursor" and k not in BESIDE_A_CURSOR})
+    if len(cursors) > 1 or beside:
+        raise SearchError(
+            "_cursor carries the whole query: beside it only _count, _format and _pretty may be given"
+            + (f", not {', '.join(beside)}" if beside else "")
+        )
     payload = unseal(cursors[0], request.app[CURSOR_SECRET], bound_to=_binding(principal, resource_type))
-    query = parse_search(resource_type, [(k, v) for k, v in payload["q"]], lenient=lenient)
+    # A client's own `_count` on a `next` link (Medplum adds one) sizes this page; the position stays.
+    counts = [v for k, v in params if k == "_count"]
+    pairs = [(k, v) for k, v in payload["q"] if not (counts and k == "_count")] + [
+        ("_count", c) for c in counts
+    ]
+    query = parse_search(resource_type, pairs, lenient=lenient)
     return query, ([decode_value(v) for v in payload["k"]], str(payload["i"]))
+
+
+# What a client may send beside `_cursor`: none of them changes which resources the query finds.
+BESIDE_A_CURSOR = frozenset({"_count", "_format", "_pretty"})
 
 
 async def _bundle(

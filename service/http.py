@@ -16,6 +16,7 @@ from domain.errors import Unavailable
 from fhir_read.auth import TENANT_KEY, Unauthenticated, authenticate
 from fhir_read.capability import Software
 from fhir_read.consistency import position_header
+from fhir_read.formats import json_only
 from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.smart import SmartEndpoints
@@ -63,7 +64,7 @@ def create_http_app(
     metrics = metrics or ServiceMetrics()
     build = build_info()
     app = web.Application(
-        middlewares=[_observed, _errors_as_documents, position_header], client_max_size=1024 * 1024
+        middlewares=[_observed, _errors_as_documents, json_only, position_header], client_max_size=1024 * 1024
     )
     app[_METRICS] = metrics
     app[_ENGINE] = engine

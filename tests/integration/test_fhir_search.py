@@ -408,6 +408,33 @@ async def test_tampered_foreign_and_mixed_cursors_are_400(world: World) -> None:
     assert (await fhir_get(link.replace("/CarePlan?", "/Goal?"), world.clinician_a))[0] == 400
 
 
+async def test_a_next_link_takes_what_real_clients_add_beside_the_cursor(world: World) -> None:
+    """MedplumClient appends `_count` to a `next` link, other clients `_format`/`_pretty`: the page goes on
+    from the same place; a parameter that would change the query is still refused."""
+    bundle = await world.search("CarePlan", {"_count": "1", "_sort": "_id"})
+    first = ids(bundle)
+    link = next_link(bundle)
+    assert link is not None
+    status, medplum = await fhir_get(link + "&_count=1000", world.clinician_a)
+    assert status == 200, medplum
+    assert first[0] not in ids(medplum) and len(ids(medplum)) == 2  # the rest, capped at 200 a page
+    for extra in ("&_format=json", "&_pretty=true", "&_format=application/fhir%2Bjson&_count=1"):
+        status, page = await fhir_get(link + extra, world.clinician_a)
+        assert status == 200, (extra, page)
+        assert ids(page)[0] != first[0]
+    status, refused = await fhir_get(link + "&_sort=-_id", world.clinician_a)
+    assert status == 400 and "_sort" in refused["issue"][0]["diagnostics"]
+
+
+async def test_a_request_that_accepts_only_xml_is_406_in_json(world: World) -> None:
+    for headers, params in (({"Accept": "application/fhir+xml"}, None), ({}, {"_format": "xml"})):
+        status, outcome = await fhir_get(
+            f"{world.base}/CarePlan", world.clinician_a, headers=headers, params=params
+        )
+        assert status == 406
+        assert outcome["resourceType"] == "OperationOutcome"
+
+
 # --- totals, summaries, elements ---
 
 
