@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from domain.access import Principal
+from handlers.log_context import note
 from handlers.ports import AuthenticationFailed, TokenVerifier
 
 # Where an authenticated request keeps its tenant, for the request's log line.
@@ -25,4 +26,5 @@ async def authenticate(request: web.Request, verifier: TokenVerifier) -> Princip
     except AuthenticationFailed as exc:
         raise Unauthenticated(str(exc)) from exc
     request[TENANT_KEY] = principal.tenant_id
+    note(tenant_id=principal.tenant_id)
     return principal

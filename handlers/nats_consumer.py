@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from domain.errors import Unavailable
 from handlers.answers import error_reply
 from handlers.errors import ErrorCode, Rejection
+from handlers.log_context import log_scope
 from handlers.pipeline import CommandProcessor, CommandRequest, authorization_header
 from handlers.ports import CommandObserver, NoObserver, TokenVerifier
 from handlers.queries import (
@@ -257,11 +258,27 @@ async def handle_delivery(
     drain: Drain | None = None,
     replies: ReplySubjects | None = None,
 ) -> None:
+    raw = msg.raw_message
+    incoming = Delivery(raw.subject, raw.data or b"", dict(raw.headers or {}))
+    # Every line about this delivery, here and below, names the command (its ids as learnt on the way).
+    with log_scope(command_id=incoming.message_id, correlation_id=incoming.correlation_id):
+        await _handle(broker, processor, policy, msg, incoming, observer, drain, replies)
+
+
+async def _handle(
+    broker: NatsBroker,
+    processor: CommandProcessor,
+    policy: DeliveryPolicy,
+    msg: NatsMessage,
+    incoming: Delivery,
+    observer: CommandObserver | None,
+    drain: Drain | None,
+    replies: ReplySubjects | None,
+) -> None:
     observer = observer or NoObserver()
     drain = drain or Drain()
     replies = replies or ReplySubjects.allowing()
     raw = msg.raw_message
-    incoming = Delivery(raw.subject, raw.data or b"", dict(raw.headers or {}))
     request = incoming.request()
     command = request.command if request.command in processor.commands else "unknown"
     delivered = raw.metadata.num_delivered or 1

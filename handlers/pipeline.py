@@ -18,6 +18,7 @@ from handlers.answers import error_reply
 from handlers.code_validation import reject_invalid_codes
 from handlers.context import CommandContext
 from handlers.errors import ErrorCode, Rejection, rejection_for
+from handlers.log_context import note
 from handlers.ports import (
     AlreadyRecorded,
     AuthenticationFailed,
@@ -153,9 +154,11 @@ class CommandProcessor:
             token = bearer_token(request.authorization)
             principal = request.principal or await authenticate(self._verifier, token)
             seen.tenant_id = principal.tenant_id
+            note(tenant_id=principal.tenant_id)
             spec = self._spec(request.command)
             envelope, canonical = _parse_envelope(request.envelope)
             command_id = seen.command_id = str(envelope.command_id)
+            note(command_id=command_id)
             if request.principal is None:
                 self._authorize(principal, spec)
             data = _validate(spec.data_model, envelope.data, prefix=("data",))

@@ -21,6 +21,7 @@ from fhir_read.outcome import operation_outcome
 from fhir_read.routes import add_fhir_routes
 from fhir_read.smart import SmartEndpoints
 from handlers.errors import Rejection
+from handlers.log_context import log_scope
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
 from handlers.queries import RolloutReader, rollout_progress, stored_outcome
@@ -168,6 +169,14 @@ async def _observed(
 ) -> web.StreamResponse:
     """One metric sample and one log line per request, by route template: never the path or query, which
     carry patient ids and search terms."""
+    # Every line while the request is handled names it (handlers.log_context); its tenant once known.
+    with log_scope(correlation_id=_printable(request.headers.get(CORRELATION_HEADER))):
+        return await _measured(request, handler)
+
+
+async def _measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:

@@ -8,7 +8,10 @@ import logging
 import sys
 from typing import Literal
 
+from opentelemetry import trace
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from handlers import log_context
 
 LogFormat = Literal["json", "text"]
 SERVICE_NAME = "care-plan-service"
@@ -24,9 +27,26 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class ContextFields(logging.Filter):
+    """Every record gets the ids of the command or request being handled (handlers.log_context) and of
+    the current trace and span, unless it names them itself. Names after OpenTelemetry's log data model:
+    `trace_id` and `span_id` in lower-case hex."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in log_context.current().items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and getattr(record, "trace_id", None) is None:
+            record.trace_id = format(span.trace_id, "032x")
+            record.span_id = format(span.span_id, "016x")
+        return True
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
     """Everything to stderr, the orchestrator's log collector reads it; replaces earlier handlers."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFields())
     if log_format == "json":
         handler.setFormatter(json_formatter())
     else:

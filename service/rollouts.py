@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from domain.programs import Program, program_version_of
+from handlers.log_context import log_scope
 from handlers.ports import AlreadyRecorded
 from handlers.rollouts import RolloutRun, completed_event, migrate_next_plan
 from service.scheduler import utc_now
@@ -85,6 +86,10 @@ class RolloutWorker:
         task.add_done_callback(forget)
 
     async def _hold_and_work(self, running: RunningRollout, stop: asyncio.Event) -> None:
+        with log_scope(tenant_id=running.tenant_id):
+            await self._hold_and_work_in_scope(running, stop)
+
+    async def _hold_and_work_in_scope(self, running: RunningRollout, stop: asyncio.Event) -> None:
         try:
             async with self._store.hold(running) as held:
                 if held:

@@ -21,6 +21,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from handlers.log_context import log_scope
 from storage.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ class OutboxRelay:
                 )
             ).all()
             per_resource: dict[str, list[Row]] = {}
+            tenant_of: dict[int, str] = {}
             for row_id, tenant_id, event_id, subject, payload in rows:
+                tenant_of[row_id] = tenant_id
                 row = Row(row_id, event_id, subject, bytes(payload))
                 per_resource.setdefault(_ordering_key(tenant_id, row), []).append(row)
             outcomes = await asyncio.gather(*(self._publish_in_order(g) for g in per_resource.values()))
@@ -151,7 +154,8 @@ class OutboxRelay:
                 await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": published})
             unpublishable = [f for f in failures if isinstance(f[1], PermanentPublishError)]
             for bad_row, error in unpublishable:
-                await self._park(conn, bad_row, error)
+                with log_scope(tenant_id=tenant_of.get(bad_row)):
+                    await self._park(conn, bad_row, error)
         broker_away = [f for f in failures if not isinstance(f[1], PermanentPublishError)]
         if broker_away:
             # Nothing is wrong with these rows: they are not charged, they go out once the broker answers.
@@ -161,7 +165,11 @@ class OutboxRelay:
                 first_row,
                 type(first_error).__name__,
                 first_error,
-                extra={"outbox_id": first_row, "failed_rows": len(broker_away)},
+                extra={
+                    "outbox_id": first_row,
+                    "failed_rows": len(broker_away),
+                    "tenant_id": tenant_of.get(first_row),
+                },
             )
         return BatchResult(len(published), parked=len(unpublishable), broker_away=bool(broker_away))
 
