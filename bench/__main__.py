@@ -28,9 +28,20 @@ from bench.report import render
 from bench.scale import run_scale
 from bench.scopes import run_scopes
 from bench.topologies import run_topologies
+from bench.tracing import run_tracing
 from bench.worst_search import run_worst_search
 
-SCENARIOS = ("commands", "reads", "scale", "relay", "worst-search", "topologies", "programs", "scopes")
+SCENARIOS = (
+    "commands",
+    "reads",
+    "scale",
+    "relay",
+    "worst-search",
+    "topologies",
+    "programs",
+    "scopes",
+    "tracing",
+)
 
 
 def main() -> None:
@@ -94,6 +105,9 @@ async def _run(running: Servers, chosen: tuple[str, ...], args: argparse.Namespa
             total=min(args.commands, 600),
             workers=args.workers,
             sequential=min(args.sequential, 100),
+        ),
+        "tracing": lambda: run_tracing(
+            running, concurrency=32, total=min(args.commands, 1500), workers=args.workers
         ),
         "scopes": lambda: run_scopes(running, concurrency=32, seconds=args.read_seconds),
         "topologies": lambda: run_topologies(

@@ -26,6 +26,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_programs(scenarios["programs"]))
     if "scopes" in scenarios:
         parts.append(_scopes(scenarios["scopes"]))
+    if "tracing" in scenarios:
+        parts.append(_tracing(scenarios["tracing"]))
     return "\n\n".join(parts)
 
 
@@ -182,3 +184,17 @@ def _scopes(result: dict[str, Any]) -> str:
         lines.append(f"{name}: granular / user/*.rs, time per request {verdict['value']:.2f} — {judged}")
     lines.append(f"careplan serve peak RSS {result['peak_rss_mb']} MB")
     return "\n".join(lines)
+
+
+def _tracing(result: dict[str, Any]) -> str:
+    verdict = result["verdict"]
+    judged = _verdict(verdict["value"], verdict["target"], at_least=False)
+    return "\n".join(
+        [
+            "tracing: careplan.create, tracing off and on (OTLP/HTTP to an in-process receiver), twice each",
+            _runs(result["runs"]),
+            f"throughput lost with tracing on: {verdict['value']:.1%} — {judged}",
+            f"exported: {result['exported_batches']} batches, {result['exported_bytes']} bytes; "
+            f"errors: {result['errors']}",
+        ]
+    )

@@ -18,6 +18,7 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.annotations import NatsMessage as NatsMessageParam
 from nats.js.api import AckPolicy as JsAckPolicy
+from opentelemetry.trace import SpanKind
 
 from domain.errors import Unavailable
 from handlers.answers import error_reply
@@ -34,6 +35,7 @@ from handlers.queries import (
     rollout_query,
 )
 from handlers.reply_subjects import ReplySubjects
+from handlers.tracing import TRACER, context_from, nats_attributes
 from schemas.commands import COMMAND_SUBJECT_PREFIX
 from schemas.replies import Reply
 
@@ -260,8 +262,23 @@ async def handle_delivery(
 ) -> None:
     raw = msg.raw_message
     incoming = Delivery(raw.subject, raw.data or b"", dict(raw.headers or {}))
-    # Every line about this delivery, here and below, names the command (its ids as learnt on the way).
-    with log_scope(command_id=incoming.message_id, correlation_id=incoming.correlation_id):
+    # Every line about this delivery, here and below, names the command (its ids as learnt on the way),
+    # and its span continues the caller's trace (`traceparent` header), or starts one.
+    attributes: dict[str, str | int] = {
+        **nats_attributes("process", raw.subject, incoming.message_id),
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": COMMAND_CONSUMER,
+        "messaging.message.delivery_count": raw.metadata.num_delivered or 1,
+    }
+    with (
+        log_scope(command_id=incoming.message_id, correlation_id=incoming.correlation_id),
+        TRACER.start_as_current_span(
+            f"process {raw.subject}",
+            context=context_from(incoming.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ),
+    ):
         await _handle(broker, processor, policy, msg, incoming, observer, drain, replies)
 
 
@@ -330,7 +347,8 @@ async def _handle(
         reply = error_reply(
             incoming.message_id, Rejection(code, "the command could not be processed; retry later")
         )
-    await send_reply(broker, incoming, reply, replies, observer)
+    with TRACER.start_as_current_span("reply", attributes={"careplan.reply.status": reply.status}):
+        await send_reply(broker, incoming, reply, replies, observer)
     # Ack only once the outcome is committed and the reply is out; a crash before here redelivers,
     # and the command log answers the redelivery. Not `ack_sync`: waiting for the server to confirm held
     # the worker (and the pull batch behind it) for a round trip that guarantees nothing more. An ack

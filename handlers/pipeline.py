@@ -34,6 +34,7 @@ from handlers.ports import (
     UpstreamServices,
 )
 from handlers.registry import Commands, CommandSpec
+from handlers.tracing import TRACER
 from handlers.unit_of_work import UnitOfWork
 from handlers.upstream_checks import CheckedEncounter, check_references, references_of
 from schemas.commands import MAX_BODY_BYTES, MAX_JSON_DEPTH, CommandEnvelope
@@ -152,7 +153,8 @@ class CommandProcessor:
                     {"errors": [{"path": "headers.correlation_id", "message": "contains NUL"}]},
                 )
             token = bearer_token(request.authorization)
-            principal = request.principal or await authenticate(self._verifier, token)
+            with TRACER.start_as_current_span("authenticate"):
+                principal = request.principal or await authenticate(self._verifier, token)
             seen.tenant_id = principal.tenant_id
             note(tenant_id=principal.tenant_id)
             spec = self._spec(request.command)
@@ -196,13 +198,14 @@ class CommandProcessor:
                 seen.replayed = stored.request_hash == request_hash
                 return _answer_again(stored, request_hash)
             try:
-                checked_encounter = await check_references(
-                    refs,
-                    tenant_id=principal.tenant_id,
-                    token=token,
-                    services=self._upstream,
-                    plan_patient=plan_patient,
-                )
+                with TRACER.start_as_current_span("upstream checks"):
+                    checked_encounter = await check_references(
+                        refs,
+                        tenant_id=principal.tenant_id,
+                        token=token,
+                        services=self._upstream,
+                        plan_patient=plan_patient,
+                    )
             except DomainError as exc:
                 refused = exc
         ctx = CommandContext(
@@ -220,8 +223,9 @@ class CommandProcessor:
         try:
             # No lookup first: the command log's key refuses a second outcome for the id at commit, and a
             # redelivery (rare) is answered from the log then.
-            async with self._transactions(principal.tenant_id) as transaction:
-                return await self._run_use_case(spec, data, ctx, transaction, refused)
+            with TRACER.start_as_current_span("transaction", attributes={"db.system.name": "postgresql"}):
+                async with self._transactions(principal.tenant_id) as transaction:
+                    return await self._run_use_case(spec, data, ctx, transaction, refused)
         except AlreadyRecorded:
             # A twin delivery committed first (or this one is a redelivery after its commit): its answer.
             async with self._transactions(principal.tenant_id) as again:

@@ -43,6 +43,7 @@ class OutboxMessage:
     event_id: uuid.UUID
     subject: str
     payload: bytes
+    traceparent: str | None = None  # the command's trace (CONTRACT §12), for the relay's publish span
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from handlers.ports import (
     RolloutStart,
     Transaction,
 )
+from handlers.tracing import trace_context
 from schemas.events import CloudEvent, audit_subject, event_subject
 from schemas.replies import Reply
 
@@ -45,6 +46,7 @@ class UnitOfWork:
         self._rollout: RolloutStart | None = None
         self._settled: PlanSettled | None = None
         self.answer: Reply | None = None
+        self._trace: dict[str, str] = {}  # the command's trace context at commit, for its events
 
     # --- what a use case reads ---
 
@@ -146,6 +148,7 @@ class UnitOfWork:
         if self.answer is not None:
             raise RuntimeError("a unit of work commits once")
         reply = success_reply(str(self._ctx.command_id), result)
+        self._trace = trace_context()
         versions, outbox, patient_id = self._render_changes()
         provenance: AuditRecord | None = None
         if versions:
@@ -229,9 +232,16 @@ class UnitOfWork:
             correlationid=ctx.correlation_id,
             causationid=str(ctx.command_id),
             resourceversion=event.version,
+            traceparent=self._trace.get("traceparent"),
+            tracestate=self._trace.get("tracestate"),
             data={"resource": version.resource, **event.data},
         )
-        return OutboxMessage(event_id, event_subject(ctx.tenant_id, event.name), cloud_event.to_bytes())
+        return OutboxMessage(
+            event_id,
+            event_subject(ctx.tenant_id, event.name),
+            cloud_event.to_bytes(),
+            self._trace.get("traceparent"),
+        )
 
     def _audit(
         self, versions: list[NewVersion], operation: str, patient_id: str | None
@@ -259,7 +269,12 @@ class UnitOfWork:
             tenantid=ctx.tenant_id,
             correlationid=ctx.correlation_id,
             causationid=str(ctx.command_id),
+            traceparent=self._trace.get("traceparent"),
+            tracestate=self._trace.get("tracestate"),
             data=provenance,
         )
         record = AuditRecord(provenance, ctx.now, patient_id, tuple(f"{t}/{i}" for t, i, _ in targets))
-        return record, OutboxMessage(provenance_id, audit_subject(ctx.tenant_id), audit.to_bytes())
+        message = OutboxMessage(
+            provenance_id, audit_subject(ctx.tenant_id), audit.to_bytes(), self._trace.get("traceparent")
+        )
+        return record, message

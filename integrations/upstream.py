@@ -19,6 +19,7 @@ import nats.errors
 import orjson
 from cachetools import TTLCache
 from nats.aio.client import Client as NatsClient
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from domain.errors import Unavailable
@@ -29,6 +30,7 @@ from handlers.ports import (
     PractitionerRecord,
     UpstreamServices,
 )
+from handlers.tracing import TRACER, carry_on, nats_attributes
 from integrations.circuit_breaker import CircuitBreaker, CircuitState, state_of
 
 log = logging.getLogger(__name__)
@@ -110,12 +112,18 @@ class UpstreamClient:
                 f"circuit open after repeated failures; next try in {self.breaker.retry_in_s():.1f}s",
             )
         try:
-            message = await self._nc.request(
-                self._settings.subject,
-                orjson.dumps(request),
-                timeout=self._settings.timeout_s,
-                headers={"Authorization": f"Bearer {token}"},
-            )
+            # A span of its own, and the trace carried on to the service asked (its `traceparent`).
+            with TRACER.start_as_current_span(
+                f"send {self._settings.subject}",
+                kind=SpanKind.CLIENT,
+                attributes={**nats_attributes("send", self._settings.subject), "peer.service": self.service},
+            ):
+                message = await self._nc.request(
+                    self._settings.subject,
+                    orjson.dumps(request),
+                    timeout=self._settings.timeout_s,
+                    headers=dict(carry_on({"Authorization": f"Bearer {token}"})),
+                )
             reply = reply_type.model_validate_json(message.data)
         except asyncio.CancelledError:
             self.breaker.abandon()

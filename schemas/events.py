@@ -27,6 +27,9 @@ class CloudEvent(BaseModel):
     correlationid: str | None = None
     causationid: str
     resourceversion: int | None = None
+    # CloudEvents distributed-tracing extension: the trace of the command that caused it (CONTRACT §12).
+    traceparent: str | None = None
+    tracestate: str | None = None
     data: dict[str, Any]
 
     def to_bytes(self) -> bytes:

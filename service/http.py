@@ -10,6 +10,7 @@ from http import HTTPStatus
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.errors import Unavailable
@@ -25,6 +26,7 @@ from handlers.log_context import log_scope
 from handlers.pipeline import CommandProcessor
 from handlers.ports import TokenVerifier
 from handlers.queries import RolloutReader, rollout_progress, stored_outcome
+from handlers.tracing import TRACER, context_from
 from service.build_info import build_info
 from service.openapi import OPENAPI_PATH, openapi_document
 from service.rest_api import CORRELATION_HEADER, add_command_routes
@@ -169,9 +171,28 @@ async def _observed(
 ) -> web.StreamResponse:
     """One metric sample and one log line per request, by route template: never the path or query, which
     carry patient ids and search terms."""
-    # Every line while the request is handled names it (handlers.log_context); its tenant once known.
+    # Every line while the request is handled names it (handlers.log_context); its tenant once known. A
+    # server span continues the caller's trace (`traceparent`), or starts one; probes and scrapes have none.
     with log_scope(correlation_id=_printable(request.headers.get(CORRELATION_HEADER))):
-        return await _measured(request, handler)
+        if request.path in _QUIET_ROUTES:
+            return await _measured(request, handler)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        with TRACER.start_as_current_span(
+            f"{request.method} {route}",
+            context=context_from(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.scheme": request.scheme,
+            },
+        ) as span:
+            response = await _measured(request, handler)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(StatusCode.ERROR)
+            return response
 
 
 async def _measured(

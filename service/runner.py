@@ -26,6 +26,7 @@ from service.scheduler import Scheduler
 from service.settings import Settings
 from service.telemetry import ServiceMetrics
 from service.topology import TopologyRefused, ensure_topology
+from service.tracing import TracingRefused, configure_tracing
 from service.wiring import (
     Connections,
     NatsCallbacks,
@@ -215,7 +216,12 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
 
 
 async def serve_until_signalled(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT (exit code 0) or a NATS connection is lost for good (1), then drain."""
+    """Run until SIGTERM or SIGINT (exit code 0) or a NATS connection is lost for good (1), then drain.
+    Tracing as the OTEL_* variables say (service.tracing); the spans still buffered go out at the end."""
+    try:
+        tracer_provider = configure_tracing()
+    except TracingRefused as exc:
+        raise StartupRefused(str(exc)) from exc
     service = await start_service(settings)
     nats_shown = settings.nats_servers_shown()
     print(f"care-plan-service ready: HTTP {service.http_url}, NATS {nats_shown}", flush=True)
@@ -238,4 +244,6 @@ async def serve_until_signalled(settings: Settings) -> int:
             signal.signal(sig, previous[sig])
         print("care-plan-service stopping: draining in-flight commands", flush=True)
         await service.stop()
+        if tracer_provider is not None:
+            await asyncio.to_thread(tracer_provider.shutdown)
     return 1 if service.connection_lost.is_set() else 0

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.log_context import log_scope
+from handlers.tracing import TRACE_CONTEXT, TRACER, carry_on, nats_attributes
 from storage.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class Row:
     event_id: uuid.UUID
     subject: str
     payload: bytes
+    traceparent: str | None = None  # the trace of the command that wrote it
 
 
 def _ordering_key(tenant_id: str, row: Row) -> str:
@@ -135,7 +139,7 @@ class OutboxRelay:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT id, tenant_id, event_id, subject, payload FROM outbox "
+                        "SELECT id, tenant_id, event_id, subject, payload, traceparent FROM outbox "
                         "ORDER BY id LIMIT :n FOR UPDATE"
                     ),
                     {"n": self._settings.batch_size},
@@ -143,9 +147,9 @@ class OutboxRelay:
             ).all()
             per_resource: dict[str, list[Row]] = {}
             tenant_of: dict[int, str] = {}
-            for row_id, tenant_id, event_id, subject, payload in rows:
+            for row_id, tenant_id, event_id, subject, payload, traceparent in rows:
                 tenant_of[row_id] = tenant_id
-                row = Row(row_id, event_id, subject, bytes(payload))
+                row = Row(row_id, event_id, subject, bytes(payload), traceparent)
                 per_resource.setdefault(_ordering_key(tenant_id, row), []).append(row)
             outcomes = await asyncio.gather(*(self._publish_in_order(g) for g in per_resource.values()))
             published = [row_id for done, _ in outcomes for row_id in done]
@@ -178,7 +182,14 @@ class OutboxRelay:
         done: list[int] = []
         for row in rows:
             try:
-                await self._publish(row.subject, row.payload, _headers(row))
+                # Its own span, linked to the command's trace (the event carries that one as its extension).
+                with TRACER.start_as_current_span(
+                    f"publish {row.subject}",
+                    kind=SpanKind.PRODUCER,
+                    links=_links(row.traceparent),
+                    attributes=nats_attributes("publish", row.subject, str(row.event_id)),
+                ):
+                    await self._publish(row.subject, row.payload, dict(carry_on(_headers(row))))
             except Exception as exc:
                 return done, (row.id, exc)
             done.append(row.id)
@@ -190,9 +201,10 @@ class OutboxRelay:
         await conn.execute(
             text(
                 "WITH parked AS (DELETE FROM outbox WHERE id = :id "
-                "RETURNING id, tenant_id, event_id, subject, payload, created_at) "
+                "RETURNING id, tenant_id, event_id, subject, payload, created_at, traceparent) "
                 "INSERT INTO outbox_parked (id, tenant_id, event_id, subject, payload, created_at, "
-                "last_error) SELECT id, tenant_id, event_id, subject, payload, created_at, :error FROM parked"
+                "last_error, traceparent) SELECT id, tenant_id, event_id, subject, payload, created_at, "
+                ":error, traceparent FROM parked"
             ),
             {"id": row_id, "error": str(exc)[:2000]},
         )
@@ -288,3 +300,11 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 def _headers(row: Row) -> dict[str, str]:
     """The stream drops a second copy by `Nats-Msg-Id` (a publish retried after a lost PubAck)."""
     return {"Nats-Msg-Id": str(row.event_id), "content-type": CLOUDEVENTS_JSON}
+
+
+def _links(traceparent: str | None) -> list[Link]:
+    """A link to the span of the command that wrote the row, when it was traced."""
+    if not traceparent:
+        return []
+    span = trace.get_current_span(TRACE_CONTEXT.extract({"traceparent": traceparent})).get_span_context()
+    return [Link(span)] if span.is_valid else []

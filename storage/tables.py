@@ -185,6 +185,7 @@ outbox = Table(
     Column("subject", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("traceparent", Text),  # the command's trace (migration 0013)
 )
 
 # Outbox rows the broker can never take (an invalid subject, too large, no stream takes it), moved here by the
@@ -200,6 +201,7 @@ outbox_parked = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("last_error", Text, nullable=False),
+    Column("traceparent", Text),
 )
 
 # The search index (storage.search_index writes it, fhir_read's queries read it).

@@ -126,14 +126,15 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
         }
     if record.outbox:
         ctes.append(
-            "w_outbox AS (INSERT INTO outbox (tenant_id, event_id, subject, payload) SELECT :tenant, * "
-            "FROM unnest(CAST(:o_event AS uuid[]), CAST(:o_subject AS text[]), "
-            "CAST(:o_payload AS bytea[])))"
+            "w_outbox AS (INSERT INTO outbox (tenant_id, event_id, subject, payload, traceparent) "
+            "SELECT :tenant, * FROM unnest(CAST(:o_event AS uuid[]), CAST(:o_subject AS text[]), "
+            "CAST(:o_payload AS bytea[]), CAST(:o_trace AS text[])))"
         )
         params |= {
             "o_event": [m.event_id for m in record.outbox],
             "o_subject": [m.subject for m in record.outbox],
             "o_payload": [m.payload for m in record.outbox],
+            "o_trace": [m.traceparent for m in record.outbox],
         }
     if record.rollout is not None:
         ctes += _ROLLOUT_CTES

@@ -268,9 +268,10 @@ async def test_the_transaction_that_locks_rows_deletes_those_it_published_and_mo
             # and put the bad one, whole and with its error, into outbox_parked; the old one is left alone
             parked = (await conn.execute(text("SELECT *, xmin::text FROM outbox_parked ORDER BY id"))).all()
         bad_row = waiting[str(bad)]
-        assert [tuple(r) for r in parked] == [
-            tuple(old_parked),
-            (*bad_row, parked[1].parked_at, "no stream takes subject 'careplan.never.t2'", locker),
+        error = "no stream takes subject 'careplan.never.t2'"
+        assert [r._asdict() for r in parked] == [
+            old_parked._asdict(),
+            bad_row._asdict() | {"parked_at": parked[1].parked_at, "last_error": error, "xmin": locker},
         ]
         assert parked[1].parked_at >= bad_row.created_at
     finally:
