@@ -41,6 +41,11 @@ def run_dev(settings: Settings) -> int:
             nats_server = servers.enter_context(EmbeddedNats(dev_dir / "nats"))
             settings = settings.model_copy(update={"nats_url": nats_server.url})
         if settings.database_url is None or settings.admin_database_url is None:
+            first_start = not (dev_dir / "postgres").exists()
+            if first_start:
+                _progress(
+                    f"first start: creating the database in {dev_dir / 'postgres'} (initdb, a few seconds)"
+                )
             postgres = servers.enter_context(EmbeddedPostgres(dev_dir / "postgres"))
             asyncio.run(ensure_database(postgres.url(), DEV_DATABASE))
             admin = postgres.url(DEV_DATABASE)
@@ -56,6 +61,7 @@ def run_dev(settings: Settings) -> int:
                 }
             )
         assert settings.admin_database_url and settings.database_url and settings.system_database_url
+        _progress("bringing the schema up to date (migrations)")
         asyncio.run(migrate(settings.admin_database_url, settings.database_url, settings.system_database_url))
         keys = ensure_dev_keys(dev_dir / "keys")
         settings = settings.model_copy(
@@ -70,9 +76,15 @@ def run_dev(settings: Settings) -> int:
                 {"nats_url": settings.nats_url, "http_url": http_url, "jwks_url": settings.jwks_url}, indent=2
             )
         )
-        _print_next_steps(settings, http_url)
-        code = asyncio.run(serve_until_signalled(settings))
+        # The banner once the port is bound and the service ready, not before.
+        code = asyncio.run(
+            serve_until_signalled(settings, on_ready=lambda: _print_next_steps(settings, http_url))
+        )
     return code
+
+
+def _progress(line: str) -> None:
+    print(f"careplan dev: {line}", file=sys.stderr, flush=True)
 
 
 def _print_next_steps(settings: Settings, http_url: str) -> None:

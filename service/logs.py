@@ -58,3 +58,6 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats our own request line without the tenant; asyncio's debug chatter is noise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Alembic's per-run INFO lines ("Context impl PostgresqlImpl", "Will assume transactional DDL") are
+    # its plumbing; `careplan migrate` and `careplan dev` say what they do themselves.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

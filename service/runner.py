@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nats
@@ -215,7 +216,7 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
     return configured
 
 
-async def serve_until_signalled(settings: Settings) -> int:
+async def serve_until_signalled(settings: Settings, on_ready: Callable[[], None] | None = None) -> int:
     """Run until SIGTERM or SIGINT (exit code 0) or a NATS connection is lost for good (1), then drain.
     Tracing as the OTEL_* variables say (service.tracing); the spans still buffered go out at the end."""
     try:
@@ -225,6 +226,8 @@ async def serve_until_signalled(settings: Settings) -> int:
     service = await start_service(settings)
     nats_shown = settings.nats_servers_shown()
     print(f"care-plan-service ready: HTTP {service.http_url}, NATS {nats_shown}", flush=True)
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -224,7 +224,7 @@ class OutboxRelay:
         conn = await self._engine.connect()
         try:
             got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK_KEY})
-            if got and not await self._schema_keeps_only_waiting_rows(conn):
+            if got and not await self._schema_is_this_releases(conn):
                 got = False  # closing the connection below gives the lock back, to a relay of the old schema
             await conn.commit()
             if not got:
@@ -247,11 +247,12 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _schema_keeps_only_waiting_rows(self, conn: AsyncConnection) -> bool:
-        """Whether the database has migration 0008. Before it, the outbox also holds published and parked
-        rows, which this relay would take for waiting ones and publish again: it stands by instead (during a
-        rolling deploy, until `careplan migrate` has run), saying so once."""
-        if await conn.scalar(text("SELECT to_regclass('outbox_parked') IS NOT NULL")):
+    async def _schema_is_this_releases(self, conn: AsyncConnection) -> bool:
+        """Whether the database has the outbox this relay reads: migration 0008 (before it the outbox also
+        holds published and parked rows, which this relay would take for waiting ones and publish again)
+        and 0013 (the rows' `traceparent`). Otherwise it stands by (during a rolling deploy, until
+        `careplan migrate` has run), saying so once."""
+        if await conn.scalar(text(_SCHEMA_OF_THIS_RELEASE)):
             return True
         if not self._said_schema_is_old:
             self._said_schema_is_old = True
@@ -263,6 +264,12 @@ class OutboxRelay:
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
+
+
+_SCHEMA_OF_THIS_RELEASE = (
+    "SELECT to_regclass('outbox_parked') IS NOT NULL AND EXISTS (SELECT 1 FROM information_schema.columns "
+    "WHERE table_name = 'outbox' AND column_name = 'traceparent' AND table_schema = current_schema())"
+)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

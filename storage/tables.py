@@ -18,7 +18,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 
 metadata = MetaData()
 
@@ -32,7 +32,7 @@ care_plans = Table(
     Column("status", Text, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("state", JSONB),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ix_care_plans_patient", "tenant_id", "patient_id"),
 )
@@ -49,7 +49,7 @@ goals = Table(
     Column("achievement_status", Text),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("state", JSONB, nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
@@ -66,7 +66,7 @@ tasks = Table(
     Column("is_review", Boolean, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("state", JSONB, nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
@@ -81,7 +81,7 @@ care_teams = Table(
     Column("status", Text, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("state", JSONB, nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
@@ -98,7 +98,7 @@ plan_definitions = Table(
     Column("status", Text, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("state", JSONB, nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 
@@ -141,7 +141,7 @@ resource_history = Table(
     Column("version", Integer, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("command_id", Uuid, nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "resource_type", "resource_id", "version"),
 )
 
@@ -154,7 +154,7 @@ provenance = Table(
     Column("recorded", DateTime(timezone=True), nullable=False),
     Column("patient_id", Text),
     Column("targets", ARRAY(Text), nullable=False),
-    Column("resource", JSONB, nullable=False),
+    Column("resource", JSON, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 

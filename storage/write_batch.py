@@ -27,7 +27,7 @@ _CURRENT: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
             ("version", "int"),
             ("last_updated", "timestamptz"),
             ("state", "jsonb"),
-            ("resource", "jsonb"),
+            ("resource", "json"),  # as rendered, key order kept (migration 0014)
             *columns,
         ),
     )
@@ -64,15 +64,18 @@ _CURRENT: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 }
 
 
+_JSON = ("json", "jsonb")  # sent as text, cast in the statement
+
+
 def _current_cte(resource_type: str) -> str:
     """Insert at version 1, update after, only from the version before: the plan's row lock already
     serialises writers; this guards against a lost update regardless."""
     table, columns = _CURRENT[resource_type]
     names = [name for name, _ in columns]
     arrays = ", ".join(
-        f"CAST(:{table}_{name} AS {'text' if kind == 'jsonb' else kind}[])" for name, kind in columns
+        f"CAST(:{table}_{name} AS {'text' if kind in _JSON else kind}[])" for name, kind in columns
     )
-    values = ", ".join(f"x.{name}::jsonb" if kind == "jsonb" else f"x.{name}" for name, kind in columns)
+    values = ", ".join(f"x.{name}::{kind}" if kind in _JSON else f"x.{name}" for name, kind in columns)
     updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "id")
     return (
         f"w_{table} AS (INSERT INTO {table} (tenant_id, {', '.join(names)}) "
@@ -114,7 +117,7 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
         ctes.append(
             "w_provenance AS (INSERT INTO provenance (tenant_id, id, recorded, patient_id, targets, "
             "resource) VALUES (:tenant, :p_id, :p_recorded, :p_patient, CAST(:p_targets AS text[]), "
-            "CAST(:p_resource AS jsonb)))"
+            "CAST(:p_resource AS json)))"
         )
         provenance = record.provenance
         params |= {

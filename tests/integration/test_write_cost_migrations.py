@@ -151,9 +151,10 @@ async def test_0008_keeps_waiting_rows_drops_published_ones_moves_parked_ones_an
         await engine.dispose()
 
 
-async def test_a_relay_of_this_release_stands_by_until_0008_has_run(empty_database: str) -> None:
+async def test_a_relay_of_this_release_stands_by_until_its_outbox_schema_has_run(empty_database: str) -> None:
     """Rolling deploy, new code first: before 0008 the outbox also holds published rows (kept for the
-    retention period), which this relay would take for waiting ones and publish again."""
+    retention period), which this relay would take for waiting ones and publish again; before 0013 its
+    rows have no `traceparent` to read."""
     await alembic_to(empty_database, "0006")
     engine = create_engine(empty_database, pool_size=2)
     published: list[str] = []
@@ -175,8 +176,11 @@ async def test_a_relay_of_this_release_stands_by_until_0008_has_run(empty_databa
             )
         await asyncio.sleep(1.5)  # three standby periods
         assert (relay.is_leader, published) == (False, [])
-        # When 0008 runs, the relay leads, and publishes the waiting row only
         await alembic_to(empty_database, "0008")
+        await asyncio.sleep(0.5)
+        assert (relay.is_leader, published) == (False, [])  # 0013 is still to come
+        # When 0013 runs, the relay leads, and publishes the waiting row only
+        await alembic_to(empty_database, "0013")
         async with asyncio.timeout(10):
             while not published:  # noqa: ASYNC110 (polling the fake's record)
                 await asyncio.sleep(0.05)
