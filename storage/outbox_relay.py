@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.log_context import log_scope
-from handlers.tracing import TRACE_CONTEXT, TRACER, carry_on, nats_attributes
+from handlers.tracing import TRACE_CONTEXT, TRACER, carry_on
 from storage.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,20 @@ class OutboxRelay:
                 tenant_of[row_id] = tenant_id
                 row = Row(row_id, event_id, subject, bytes(payload), traceparent)
                 per_resource.setdefault(_ordering_key(tenant_id, row), []).append(row)
-            outcomes = await asyncio.gather(*(self._publish_in_order(g) for g in per_resource.values()))
+            # One span for the batch, linked to the trace of every command whose rows it carries (not one a
+            # row: a batch holds up to hundreds); each message carries the batch span's context.
+            traced = {r.traceparent for group in per_resource.values() for r in group if r.traceparent}
+            with TRACER.start_as_current_span(
+                "publish",
+                kind=SpanKind.PRODUCER,
+                links=[link for t in sorted(traced) for link in _links(t)],
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.name": "publish",
+                    "messaging.batch.message_count": len(rows),
+                },
+            ):
+                outcomes = await asyncio.gather(*(self._publish_in_order(g) for g in per_resource.values()))
             published = [row_id for done, _ in outcomes for row_id in done]
             failures = [failure for _, failure in outcomes if failure is not None]
             if published:
@@ -182,14 +195,7 @@ class OutboxRelay:
         done: list[int] = []
         for row in rows:
             try:
-                # Its own span, linked to the command's trace (the event carries that one as its extension).
-                with TRACER.start_as_current_span(
-                    f"publish {row.subject}",
-                    kind=SpanKind.PRODUCER,
-                    links=_links(row.traceparent),
-                    attributes=nats_attributes("publish", row.subject, str(row.event_id)),
-                ):
-                    await self._publish(row.subject, row.payload, dict(carry_on(_headers(row))))
+                await self._publish(row.subject, row.payload, dict(carry_on(_headers(row))))
             except Exception as exc:
                 return done, (row.id, exc)
             done.append(row.id)
