@@ -106,10 +106,11 @@ class TypeGrant:
     read: tuple[Filter, ...] = ()
     search: tuple[Filter, ...] = ()
 
-    @staticmethod
-    def _narrowest(filters: Iterable[Filter]) -> tuple[Filter, ...]:
-        unique = tuple(dict.fromkeys(filters))
-        return EVERYTHING if () in unique else unique
+
+def _any_of(filters: Iterable[Filter]) -> tuple[Filter, ...]:
+    """Scopes of one type are OR-ed: an unnarrowed one among them covers everything."""
+    unique = tuple(dict.fromkeys(filters))
+    return EVERYTHING if () in unique else unique
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,9 @@ class ReadScopes:
 
     grants: Mapping[str, TypeGrant]
     patient_context: bool  # some scope is a `patient/` one
+
+    def __hash__(self) -> int:  # `grants` is a dict: a principal holding these is hashed by what they say
+        return hash((self.fingerprint, self.patient_context))
 
     def may_read(self, resource_type: str) -> bool:
         return bool(self.grant(resource_type).read)
@@ -200,7 +204,7 @@ def read_scopes(claim: Iterable[str] | None) -> ReadScopes | None:
         reads = [s.narrowed_by for s in applying if "r" in s.letters]
         searches = [s.narrowed_by for s in applying if "s" in s.letters]
         if reads or searches:
-            grants[resource_type] = TypeGrant(TypeGrant._narrowest(reads), TypeGrant._narrowest(searches))
+            grants[resource_type] = TypeGrant(_any_of(reads), _any_of(searches))
     return ReadScopes(grants, patient_context=any(s.context == "patient" for s in scopes))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from domain.access import Principal
 from domain.scopes import EVERYTHING, matches, parse_scope, read_scopes
 
 CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category|assess-plan"
@@ -199,3 +200,11 @@ def test_any_scope_of_the_type_lets_a_version_through_and_no_restriction_lets_al
     assert matches(PLAN, _filters("user/CarePlan.rs?status=draft", "user/CarePlan.rs?intent=plan")) is True
     assert matches(PLAN, _filters("user/CarePlan.rs?status=draft", "user/CarePlan.rs?intent=order")) is False
     assert matches(PLAN, None) is True
+
+
+def test_a_principal_with_scopes_is_a_value_as_before() -> None:
+    """Principals are frozen values (hashed and compared as such): their read scopes are too."""
+    a = Principal(tenant_id="t1", subject="s", read_scopes=read_scopes(["user/CarePlan.rs", "user/Goal.r"]))
+    b = Principal(tenant_id="t1", subject="s", read_scopes=read_scopes(["user/Goal.r", "user/CarePlan.rs"]))
+    assert a == b and hash(a) == hash(b)
+    assert {a, b} == {a}
