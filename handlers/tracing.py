@@ -16,8 +16,9 @@ TRACE_CONTEXT = TraceContextTextMapPropagator()  # W3C, whatever else OTEL_PROPA
 
 
 def context_from(headers: Mapping[str, str]) -> Context:
-    """The caller's trace (`traceparent`, `tracestate`), or a new one when it sent none."""
-    return propagate.extract(dict(headers))
+    """The caller's trace (`traceparent`, `tracestate`), or a new one when it sent none. Header names
+    are matched whatever their case (HTTP's are case-insensitive; a proxy may send `Traceparent`)."""
+    return propagate.extract({name.lower(): value for name, value in headers.items()})
 
 
 def carry_on(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:

@@ -75,7 +75,7 @@ async def test_a_rest_command_continues_the_callers_trace_to_its_event(
         http.post(
             f"{service.http_url}/api/v1/care-plans",
             json=CARE_PLAN,
-            headers={"Authorization": f"Bearer {token_for(tenant)}", "traceparent": traceparent},
+            headers={"Authorization": f"Bearer {token_for(tenant)}", "Traceparent": traceparent},  # any case
         ) as response,
     ):
         assert response.status == 201, await response.text()
