@@ -75,7 +75,7 @@ async def test_a_rest_command_continues_the_callers_trace_to_its_event(
         http.post(
             f"{service.http_url}/api/v1/care-plans",
             json=CARE_PLAN,
-            headers={"Authorization": f"Bearer {token_for(tenant)}", "Traceparent": traceparent},  # any case
+            headers={"Authorization": f"Bearer {token_for(tenant)}", "traceparent": traceparent},
         ) as response,
     ):
         assert response.status == 201, await response.text()
@@ -118,7 +118,7 @@ async def test_a_nats_command_continues_the_callers_trace_and_its_lines_carry_it
         headers={
             "Nats-Msg-Id": command_id,
             "Authorization": f"Bearer {token}",
-            "traceparent": traceparent,
+            "Traceparent": traceparent,  # NATS headers keep their case: any case is the caller's trace
             "reply_to": "replies.not-an-inbox",  # refused: the consumer logs a line within the trace
         },
     )
