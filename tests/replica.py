@@ -144,3 +144,19 @@ async def until_streaming(primary: EmbeddedPostgres, timeout: float = 60.0) -> N
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"no standby streaming from the primary within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+async def until_replayed(primary: EmbeddedPostgres, standby: EmbeddedPostgres, timeout: float = 60.0) -> None:
+    """Until the standby has replayed everything the primary has written so far (a migration's roles and
+    tables included: connecting as a role the standby has not replayed yet fails)."""
+    (target,) = await superuser_execute(primary, "SELECT pg_current_wal_lsn()::text")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        (caught_up,) = await superuser_execute(
+            standby, f"SELECT coalesce(pg_last_wal_replay_lsn() >= '{target}'::pg_lsn, false)"
+        )
+        if caught_up:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the standby did not replay {target} within {timeout}s")
+        await asyncio.sleep(0.05)

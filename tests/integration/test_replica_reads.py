@@ -31,7 +31,7 @@ from tests.integration.commands import RestCaller
 from tests.integration.fhir_client import fhir_get, typed_ids
 from tests.integration.helpers import CARE_PLAN
 from tests.integration.scrape import Samples, moved, scrape, value
-from tests.replica import ReplicatedPostgres, superuser_execute
+from tests.replica import ReplicatedPostgres, superuser_execute, until_replayed
 
 READ_WAIT_MS = 1000  # long enough to be seen waiting; the reads that wait in vain run side by side
 
@@ -45,8 +45,9 @@ def replicated(short_tmp: Path) -> Iterator[ReplicatedPostgres]:
 
 @pytest.fixture(scope="module")
 def replica_database(replicated: ReplicatedPostgres) -> Iterator[DatabaseUrls]:
-    """Migrated on the primary; the replica has it (schema, roles, grants) by streaming."""
+    """Migrated on the primary; the replica has it (schema, roles, grants) by streaming, once replayed."""
     with migrated_database(replicated.primary.url(), "careplan_replica") as urls:
+        asyncio.run(until_replayed(replicated.primary, replicated.standby))
         yield urls
 
 
