@@ -178,6 +178,14 @@ class CarePlanAggregate:
         """The goals and activities of a new plan's program (CONTRACT §10), in the command that made the
         plan: each its `*.added` event, and the plan's `careplan.enrolled` (with `data`) instead of an
         update per item."""
+        self._add_program_items(goals, activities, now)
+        self._new_version("CarePlan", self.plan, now, "careplan.enrolled", data)
+
+    def _add_program_items(
+        self, goals: Sequence[Goal], activities: Sequence[Activity], now: datetime
+    ) -> None:
+        """Goals and activities made from a program's templates (enrolment, rollout): each its `*.added`
+        event; the plan lists them, its own version is the caller's to make."""
         for goal in goals:
             check_initial("lifecycle_status", GOAL_AT_CREATE, goal.lifecycle_status)
             goal.plan_id, goal.patient_id = self.plan.id, self.plan.patient_id
@@ -187,34 +195,20 @@ class CarePlanAggregate:
         for activity in activities:
             check_initial("status", TASK_AT_CREATE, activity.status)
             if any(goal_id not in self.goals for goal_id in activity.goal_ids):
-                raise InvalidValue("goal_ids", "an enrolled activity names a goal of another plan")
+                raise InvalidValue("goal_ids", "a program activity names a goal of another plan")
             activity.plan_id, activity.patient_id = self.plan.id, self.plan.patient_id
             activity.version, activity.created, activity.last_updated = 0, now, now
             self.activities[activity.id] = activity
             self._new_version("Task", activity, now, "activity.added")
         self.plan.goal_ids = (*self.plan.goal_ids, *(g.id for g in goals))
         self.plan.activity_ids = (*self.plan.activity_ids, *(a.id for a in activities))
-        self._new_version("CarePlan", self.plan, now, "careplan.enrolled", data)
 
     def apply_program(self, change: ProgramChange, *, now: datetime, data: dict[str, Any]) -> None:
         """A rollout's migration of this plan to a new program version (CONTRACT §10): the usual event per
         changed item (`*.added`, `*.status_changed`, `*.updated`) and the plan's `careplan.migrated` (with
         `data`), even when only the version it follows moves."""
         self._require_open("a program rollout")
-        for goal in change.goals:
-            check_initial("lifecycle_status", GOAL_AT_CREATE, goal.lifecycle_status)
-            goal.plan_id, goal.patient_id = self.plan.id, self.plan.patient_id
-            goal.version, goal.created, goal.last_updated, goal.status_date = 0, now, now, now.date()
-            self.goals[goal.id] = goal
-            self._new_version("Goal", goal, now, "goal.added")
-        for activity in change.activities:
-            check_initial("status", TASK_AT_CREATE, activity.status)
-            if any(goal_id not in self.goals for goal_id in activity.goal_ids):
-                raise InvalidValue("goal_ids", "a program activity names a goal of another plan")
-            activity.plan_id, activity.patient_id = self.plan.id, self.plan.patient_id
-            activity.version, activity.created, activity.last_updated = 0, now, now
-            self.activities[activity.id] = activity
-            self._new_version("Task", activity, now, "activity.added")
+        self._add_program_items(change.goals, change.activities, now)
         for resource_type, resource_id in change.cancelled:
             if resource_type == "Goal":
                 self._cancel_goal(self.goal(resource_id), change.reason, now)
@@ -233,8 +227,6 @@ class CarePlanAggregate:
                 self._new_version("Goal", item, now, "goal.updated", {"changed": revised})
             elif revised:
                 self._new_version("Task", item, now, "activity.updated", {"changed": revised})
-        self.plan.goal_ids = (*self.plan.goal_ids, *(g.id for g in change.goals))
-        self.plan.activity_ids = (*self.plan.activity_ids, *(a.id for a in change.activities))
         self.plan.instantiates = change.instantiates
         self._new_version("CarePlan", self.plan, now, "careplan.migrated", data)
 
