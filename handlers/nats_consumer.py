@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +164,10 @@ def mend_pull_timeouts(subscriber: Any) -> None:
     subscription.fetch = fetch_with_nats_timeout
 
 
+# A query's answer from (body, headers): the JSON to send back, and the command id to name in a refusal.
+QueryAnswer = Callable[[bytes, dict[str, str]], Awaitable[tuple[dict[str, Any], str | None]]]
+
+
 def register_outcome_query(
     broker: NatsBroker,
     verifier: TokenVerifier,
@@ -172,25 +176,20 @@ def register_outcome_query(
     replies: ReplySubjects | None = None,
     observer: CommandObserver | None = None,
 ) -> None:
-    """`careplan.query.command` (core NATS request-reply, a queue group so replicas share the load). The
-    answer goes to the request's reply subject under the same rule as a command's reply."""
-    inboxes = replies or ReplySubjects.allowing()
-    watcher = observer or NoObserver()
+    """`careplan.query.command`: a command's stored outcome."""
 
-    @broker.subscriber(
+    async def answer(body: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], str | None]:
+        reply = await command_outcome(body, headers, verifier=verifier, read_outcome=read_outcome)
+        return reply.to_wire(), reply.command_id
+
+    _register_query(
+        broker,
         QUERY_SUBJECT,
-        queue="careplan-query",
-        no_reply=True,
-        title=QUERY_SUBJECT,
-        description="A command's stored outcome: request {command_id} with the same JWT header.",
+        "A command's stored outcome: request {command_id} with the same JWT header.",
+        answer,
+        replies,
+        observer,
     )
-    async def on_query(msg: NatsMessageParam) -> None:
-        raw = msg.raw_message
-        reply = await command_outcome(
-            raw.data or b"", dict(raw.headers or {}), verifier=verifier, read_outcome=read_outcome
-        )
-        if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", reply.command_id):
-            await broker.publish(orjson.dumps(reply.to_wire()), subject=raw.reply)
 
 
 def register_rollout_query(
@@ -201,24 +200,40 @@ def register_rollout_query(
     replies: ReplySubjects | None = None,
     observer: CommandObserver | None = None,
 ) -> None:
-    """`careplan.query.rollout` (core NATS request-reply, queue group): a program rollout's progress."""
+    """`careplan.query.rollout`: a program rollout's progress."""
+
+    async def answer(body: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], str | None]:
+        return await rollout_query(body, headers, verifier=verifier, read_rollout=read_rollout), None
+
+    _register_query(
+        broker,
+        ROLLOUT_QUERY_SUBJECT,
+        "A program rollout's progress: request {rollout_id} with the same JWT header.",
+        answer,
+        replies,
+        observer,
+    )
+
+
+def _register_query(
+    broker: NatsBroker,
+    subject: str,
+    description: str,
+    answer: QueryAnswer,
+    replies: ReplySubjects | None,
+    observer: CommandObserver | None,
+) -> None:
+    """A query on core NATS request-reply, in the queue group replicas share. The answer goes to the
+    request's reply subject under the same rule as a command's reply."""
     inboxes = replies or ReplySubjects.allowing()
     watcher = observer or NoObserver()
 
-    @broker.subscriber(
-        ROLLOUT_QUERY_SUBJECT,
-        queue="careplan-query",
-        no_reply=True,
-        title=ROLLOUT_QUERY_SUBJECT,
-        description="A program rollout's progress: request {rollout_id} with the same JWT header.",
-    )
-    async def on_rollout_query(msg: NatsMessageParam) -> None:
+    @broker.subscriber(subject, queue="careplan-query", no_reply=True, title=subject, description=description)
+    async def on_query(msg: NatsMessageParam) -> None:
         raw = msg.raw_message
-        answer = await rollout_query(
-            raw.data or b"", dict(raw.headers or {}), verifier=verifier, read_rollout=read_rollout
-        )
-        if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", None):
-            await broker.publish(orjson.dumps(answer), subject=raw.reply)
+        body, command_id = await answer(raw.data or b"", dict(raw.headers or {}))
+        if raw.reply and _reply_allowed(raw.reply, inboxes, watcher, "query", command_id):
+            await broker.publish(orjson.dumps(body), subject=raw.reply)
 
 
 @dataclass(frozen=True, slots=True)
