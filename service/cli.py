@@ -18,6 +18,15 @@ from service.logs import configure_logging
 from service.settings import Settings
 
 
+class _Version(argparse.Action):
+    """`--version`, read when asked: the build's commit may cost a `git` call, which no other command
+    should pay for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(build_info().line)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Setting flags are accepted before or after the command (`careplan --http-port 8081 dev` or
     # `careplan dev --http-port 8081`); SUPPRESS keeps an absent flag from overwriting a given one.
@@ -39,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from flags, then CAREPLAN_* environment variables, then defaults.",
         parents=[settings_flags],
     )
-    parser.add_argument("--version", action="version", version=build_info().line)
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the build and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

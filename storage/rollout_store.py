@@ -4,11 +4,11 @@ finished as its tenant (runtime role, RLS), read for its progress."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import orjson
@@ -150,12 +150,9 @@ class SqlRolloutStore:
             done = await tx.db.fetchval(_COMPLETE, tenant_id, rollout_id, now, orjson.dumps(totals).decode())
             if done is None:
                 return None
-            finished = RolloutRecord(**{**_fields(record), "status": "completed", "completed": now})
+            finished = dataclasses.replace(record, status="completed", completed=now)
             message = event(finished)
             await tx.db.execute(_OUTBOX, tenant_id, message.event_id, message.subject, message.payload)
             await tx.db.execute("COMMIT")
             return finished
 
-
-def _fields(record: RolloutRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in RolloutRecord.__slots__}
