@@ -193,7 +193,12 @@ def _tracing(result: dict[str, Any]) -> str:
         [
             "tracing: careplan.create, tracing off and on (OTLP/HTTP to an in-process receiver), twice each",
             _runs(result["runs"]),
-            f"throughput lost with tracing on: {verdict['value']:.1%} — {judged}",
+            *(
+                f"{mode:28s} throughput lost {cost:6.1%}, service CPU "
+                f"{result['service_cpu_ms_per_command'][mode]:.2f} ms per command"
+                for mode, cost in result["cost"].items()
+            ),
+            f"throughput lost with tracing on (every span recorded): {verdict['value']:.1%} — {judged}",
             f"exported: {result['exported_batches']} batches, {result['exported_bytes']} bytes; "
             f"errors: {result['errors']}",
         ]

@@ -164,7 +164,10 @@ class OutboxRelay:
                     "messaging.batch.message_count": len(rows),
                 },
             ):
-                outcomes = await asyncio.gather(*(self._publish_in_order(g) for g in per_resource.values()))
+                batch_trace = dict(carry_on({}))  # every message of the batch carries the batch span
+                outcomes = await asyncio.gather(
+                    *(self._publish_in_order(g, batch_trace) for g in per_resource.values())
+                )
             published = [row_id for done, _ in outcomes for row_id in done]
             failures = [failure for _, failure in outcomes if failure is not None]
             if published:
@@ -190,12 +193,14 @@ class OutboxRelay:
             )
         return BatchResult(len(published), parked=len(unpublishable), broker_away=bool(broker_away))
 
-    async def _publish_in_order(self, rows: list[Row]) -> tuple[list[int], tuple[int, Exception] | None]:
+    async def _publish_in_order(
+        self, rows: list[Row], batch_trace: dict[str, str]
+    ) -> tuple[list[int], tuple[int, Exception] | None]:
         """One resource's rows in id order; the first failure stops the rest (they follow it later)."""
         done: list[int] = []
         for row in rows:
             try:
-                await self._publish(row.subject, row.payload, dict(carry_on(_headers(row))))
+                await self._publish(row.subject, row.payload, _headers(row) | batch_trace)
             except Exception as exc:
                 return done, (row.id, exc)
             done.append(row.id)
