@@ -199,6 +199,9 @@ def _tracing(result: dict[str, Any]) -> str:
                 for mode, cost in result["cost"].items()
             ),
             f"throughput lost with tracing on (every span recorded): {verdict['value']:.1%} — {judged}",
+            f"spans exported per command with every span recorded: {result['spans_per_command']['on']}; "
+            f"the SDK's own cost a span here: {result['sdk_cost_per_span']['record_us']} µs to record, "
+            f"{result['sdk_cost_per_span']['encode_us']} µs to encode",
             f"exported: {result['exported_batches']} batches, {result['exported_bytes']} bytes; "
             f"errors: {result['errors']}",
         ]
