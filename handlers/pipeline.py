@@ -158,13 +158,16 @@ class CommandProcessor:
             seen.tenant_id = principal.tenant_id
             note(tenant_id=principal.tenant_id)
             spec = self._spec(request.command)
-            envelope, canonical = _parse_envelope(request.envelope)
-            command_id = seen.command_id = str(envelope.command_id)
-            note(command_id=command_id)
-            if request.principal is None:
-                self._authorize(principal, spec)
-            data = _validate(spec.data_model, envelope.data, prefix=("data",))
-            reject_invalid_codes(data)
+            # CONTRACT §12 names it; the permission check inside is a set lookup, kept before validation
+            # so a caller without the permission learns nothing of what its data would have been told.
+            with TRACER.start_as_current_span("decode"):
+                envelope, canonical = _parse_envelope(request.envelope)
+                command_id = seen.command_id = str(envelope.command_id)
+                note(command_id=command_id)
+                if request.principal is None:
+                    self._authorize(principal, spec)
+                data = _validate(spec.data_model, envelope.data, prefix=("data",))
+                reject_invalid_codes(data)
             request_hash = hashlib.sha256(spec.name.encode() + b"\0" + canonical).hexdigest()
             return await self._execute_once(
                 spec, principal, token, envelope, data, request_hash, request, seen

@@ -101,6 +101,7 @@ class RolloutStart:
     plan_ids: tuple[str, ...]
     started_by: dict[str, Any]
     created: datetime
+    traceparent: str | None = None  # the starting command's trace, set at commit (CONTRACT §12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ class RolloutRecord:
     counts: dict[str, int]  # plans by state: pending, migrated, skipped
     totals: dict[str, int]  # items added, cancelled, updated, kept over the migrated plans
     conflicts: list[dict[str, Any]]  # the first plans with kept items: plan id and keys
+    traceparent: str | None = None  # the starting command's trace, when it was traced
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from handlers.ports import (
     RolloutStart,
     Transaction,
 )
+from handlers.tracing import trace_context
 from handlers.unit_of_work import UnitOfWork
 from schemas import commands as wire
 from schemas.events import CloudEvent, event_subject
@@ -236,6 +237,7 @@ class RolloutRun:
     versions: Mapping[str, Program]  # every version of the program's name, by canonical
     started_by: Mapping[str, Any]
     correlation_id: str | None
+    traceparent: str | None = None  # the starting command's trace, which each migration links to
 
     @property
     def principal(self) -> Principal:
@@ -347,7 +349,9 @@ def rollout_report(record: RolloutRecord) -> dict[str, Any]:
 def completed_event(
     record: RolloutRecord, tenant_id: str, now: datetime, event_id: uuid.UUID
 ) -> OutboxMessage:
-    """`program.rollout_completed`, caused by the command that started the run and in its correlation."""
+    """`program.rollout_completed`, caused by the command that started the run and in its correlation,
+    in the trace current now (the worker's, linked to that command's)."""
+    carried = trace_context()
     event = CloudEvent(
         id=str(event_id),
         type=f"careplan.{ROLLOUT_COMPLETED}",
@@ -356,6 +360,10 @@ def completed_event(
         tenantid=tenant_id,
         correlationid=record.correlation_id,
         causationid=str(record.command_id),
+        traceparent=carried.get("traceparent"),
+        tracestate=carried.get("tracestate"),
         data={k: v for k, v in rollout_report(record).items() if k != "conflicts"},
     )
-    return OutboxMessage(event_id, event_subject(tenant_id, ROLLOUT_COMPLETED), event.to_bytes())
+    return OutboxMessage(
+        event_id, event_subject(tenant_id, ROLLOUT_COMPLETED), event.to_bytes(), carried.get("traceparent")
+    )

@@ -9,6 +9,7 @@ from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import Link
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER = trace.get_tracer("care-plan-service")
@@ -35,6 +36,15 @@ def trace_context() -> dict[str, str]:
     carrier: dict[str, str] = {}
     TRACE_CONTEXT.inject(carrier)
     return carrier
+
+
+def links_to(traceparent: str | None) -> list[Link]:
+    """A link to the span a stored `traceparent` names (a command that wrote an outbox row or started a
+    rollout), when there is a valid one: work done later for it belongs to a trace of its own."""
+    if not traceparent:
+        return []
+    linked = trace.get_current_span(TRACE_CONTEXT.extract({"traceparent": traceparent})).get_span_context()
+    return [Link(linked)] if linked.is_valid else []
 
 
 def nats_attributes(operation: str, subject: str, message_id: str | None = None) -> dict[str, str]:

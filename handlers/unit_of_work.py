@@ -3,6 +3,7 @@ it turns what changed into everything the command writes (cosmicpython's unit of
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from domain.care_plan import CarePlanAggregate
@@ -166,7 +167,11 @@ class UnitOfWork:
                 tuple(versions),
                 provenance,
                 tuple(outbox),
-                rollout=self._rollout,
+                rollout=(
+                    dataclasses.replace(self._rollout, traceparent=self._trace.get("traceparent"))
+                    if self._rollout is not None
+                    else None
+                ),
                 settled=self._settled,
             )
         )

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.log_context import log_scope
-from handlers.tracing import TRACE_CONTEXT, TRACER, carry_on
+from handlers.tracing import TRACER, carry_on, links_to
 from storage.errors import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class OutboxRelay:
             with TRACER.start_as_current_span(
                 "publish",
                 kind=SpanKind.PRODUCER,
-                links=[link for t in sorted(traced) for link in _links(t)],
+                links=[link for t in sorted(traced) for link in links_to(t)],
                 attributes={
                     "messaging.system": "nats",
                     "messaging.operation.name": "publish",
@@ -318,11 +317,3 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 def _headers(row: Row) -> dict[str, str]:
     """The stream drops a second copy by `Nats-Msg-Id` (a publish retried after a lost PubAck)."""
     return {"Nats-Msg-Id": str(row.event_id), "content-type": CLOUDEVENTS_JSON}
-
-
-def _links(traceparent: str | None) -> list[Link]:
-    """A link to the span of the command that wrote the row, when it was traced."""
-    if not traceparent:
-        return []
-    span = trace.get_current_span(TRACE_CONTEXT.extract({"traceparent": traceparent})).get_span_context()
-    return [Link(span)] if span.is_valid else []

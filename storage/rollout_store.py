@@ -32,8 +32,8 @@ _PENDING_AGE = text(
     "WHERE r.status = 'running'"
 )
 _ROLLOUT = (
-    "SELECT id, program_id, target, status, started_by::text, command_id, correlation_id, created, completed "
-    "FROM rollouts WHERE tenant_id = $1 AND id = $2"
+    "SELECT id, program_id, target, status, started_by::text, command_id, correlation_id, created, "
+    "completed, traceparent FROM rollouts WHERE tenant_id = $1 AND id = $2"
 )
 _COUNTS = (
     "SELECT state, count(*), "
@@ -52,7 +52,9 @@ _COMPLETE = (
     "WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND NOT EXISTS ("
     "SELECT 1 FROM rollout_plans WHERE tenant_id = $1 AND rollout_id = $2 AND state = 'pending') RETURNING id"
 )
-_OUTBOX = "INSERT INTO outbox (tenant_id, event_id, subject, payload) VALUES ($1, $2, $3, $4)"
+_OUTBOX = (
+    "INSERT INTO outbox (tenant_id, event_id, subject, payload, traceparent) VALUES ($1, $2, $3, $4, $5)"
+)
 _LOCK = "SELECT pg_try_advisory_lock(hashtextextended('rollouts/' || $1 || '/' || $2, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('rollouts/' || $1 || '/' || $2, 0))"
 # A progress report names at most this many plans with conflicts; the totals count all of them.
@@ -88,6 +90,7 @@ async def read_rollout(
         counts=counts,
         totals=totals,
         conflicts=conflicts,
+        traceparent=row[9],
     )
 
 
@@ -152,7 +155,8 @@ class SqlRolloutStore:
                 return None
             finished = dataclasses.replace(record, status="completed", completed=now)
             message = event(finished)
-            await tx.db.execute(_OUTBOX, tenant_id, message.event_id, message.subject, message.payload)
+            await tx.db.execute(
+                _OUTBOX, tenant_id, message.event_id, message.subject, message.payload, message.traceparent
+            )
             await tx.db.execute("COMMIT")
             return finished
-

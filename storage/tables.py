@@ -117,6 +117,7 @@ rollouts = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("completed", DateTime(timezone=True)),
     Column("totals", JSONB),
+    Column("traceparent", Text),  # the starting command's trace (migration 0015)
     PrimaryKeyConstraint("tenant_id", "id"),
 )
 rollout_plans = Table(

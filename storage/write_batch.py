@@ -149,6 +149,7 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
             "r_started_by": json_text(rollout.started_by),
             "r_created": rollout.created,
             "r_plans": list(rollout.plan_ids),
+            "r_trace": rollout.traceparent,
         }
     if record.settled is not None:
         ctes.append(_SETTLE_CTE)
@@ -181,8 +182,8 @@ def commit_statement(tenant_id: str, record: CommitRecord) -> tuple[str, list[An
 # A run and its plans, pending (CONTRACT §10).
 _ROLLOUT_CTES = (
     "w_rollout AS (INSERT INTO rollouts (tenant_id, id, program_id, target, status, started_by, command_id, "
-    "correlation_id, created) VALUES (:tenant, :r_id, :r_program, :r_target, 'running', "
-    "CAST(:r_started_by AS jsonb), :command_id, :c_correlation, :r_created) RETURNING id)",
+    "correlation_id, created, traceparent) VALUES (:tenant, :r_id, :r_program, :r_target, 'running', "
+    "CAST(:r_started_by AS jsonb), :command_id, :c_correlation, :r_created, :r_trace) RETURNING id)",
     "w_rollout_plans AS (INSERT INTO rollout_plans (tenant_id, rollout_id, plan_id, state) "
     "SELECT :tenant, (SELECT id FROM w_rollout), p, 'pending' FROM unnest(CAST(:r_plans AS text[])) AS p)",
 )

@@ -301,7 +301,19 @@ async def test_one_process_at_a_time_holds_a_rollout_and_its_death_frees_it(data
                         ),
                         {"tenant": running.tenant_id, "id": str(running.rollout_id)},
                     )
-                assert killed is True
+                    assert killed is True
+                    # pg_terminate_backend only signals: the backend lets go as it exits, a moment later
+                    for _ in range(100):
+                        if not await conn.scalar(
+                            text(
+                                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                "AND (classid::bigint << 32 | objid::bigint) = "
+                                "hashtextextended('rollouts/' || :tenant || '/' || :id, 0)"
+                            ),
+                            {"tenant": running.tenant_id, "id": str(running.rollout_id)},
+                        ):
+                            break
+                        await asyncio.sleep(0.02)
                 async with second.hold(running) as after_death:
                     assert after_death is True
                     taken_after_death = True

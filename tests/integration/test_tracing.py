@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -26,7 +27,9 @@ from service.client import ask_outcome, envelope
 from service.logs import ContextFields
 from service.runner import RunningService
 from tests.conftest import TokenFactory
-from tests.integration.helpers import CARE_PLAN, event_caused_by
+from tests.integration.commands import Caller
+from tests.integration.helpers import CARE_PLAN, event_caused_by, last_event
+from tests.integration.test_rollouts import STAFF, V1, V2, enrol, publish, until_completed
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -140,7 +143,7 @@ async def test_a_nats_command_continues_the_callers_trace_and_its_lines_carry_it
         command_id,
     )
     names = {s.name for s in traced if s.parent is not None and s.parent.span_id == consumer.context.span_id}
-    assert {"authenticate", "transaction", "reply"} <= names
+    assert {"authenticate", "decode", "transaction", "reply"} <= names
     (line,) = [
         r
         for r in caplog.handler.records
@@ -168,3 +171,62 @@ async def test_without_a_callers_traceparent_the_service_starts_the_trace(
         nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.careplan.created", command_id
     )
     assert event["traceparent"].split("-")[1] == format(server.context.trace_id, "032x")
+
+
+async def test_each_rollout_migration_is_a_trace_linked_to_the_command_that_started_the_run(
+    service: RunningService, nc: NatsClient, tenant: str, token_for: TokenFactory, spans: InMemorySpanExporter
+) -> None:
+    """The worker migrates plans long after the command's trace ended: each plan's migration (and the
+    run's completion) is a trace of its own, linked to the command's span, and its events carry it."""
+    token = token_for(tenant, roles=STAFF)
+    caller = Caller(nc, service.http_url, token)
+    v1 = await publish(caller, V1)
+    plan_ids = {await enrol(caller, "p1"), await enrol(caller, "p2")}
+    v2 = await publish(caller, V2 | {"revises": v1})
+    traceparent, trace_id, _ = caller_context()
+    body = envelope({"program_id": v2, "dry_run": False})
+    command_id = str(body["command_id"])
+    await nc.jetstream().publish(
+        COMMAND_SUBJECT_PREFIX + "program.rollout",
+        orjson.dumps(body),
+        headers={"Nats-Msg-Id": command_id, "Authorization": f"Bearer {token}", "traceparent": traceparent},
+    )
+    outcome: dict[str, Any] = {}
+    for _ in range(200):
+        if (outcome := await ask_outcome(nc, command_id, token)).get("ok"):
+            break
+        await asyncio.sleep(0.05)
+    rollout_id = outcome["result"]["rollout_id"]
+    await until_completed(nc, token, rollout_id)
+    # The run was written in the command's transaction: what it stored is that span's context.
+    (command_span,) = [s for s in of_trace(spans, trace_id) if s.name == "transaction"]
+
+    def linked_to_the_command(span: ReadableSpan) -> bool:
+        return [(link.context.trace_id, link.context.span_id) for link in span.links] == [
+            (command_span.context.trace_id, command_span.context.span_id)
+        ]
+
+    migrations = {
+        str((s.attributes or {}).get("careplan.care_plan.id")): s
+        for s in spans.get_finished_spans()
+        if s.name == "migrate CarePlan" and (s.attributes or {}).get("careplan.rollout.id") == rollout_id
+    }
+    assert set(migrations) >= plan_ids, migrations
+    for plan_id in plan_ids:
+        migration = migrations[plan_id]
+        assert migration.parent is None and linked_to_the_command(migration)
+        assert format(migration.context.trace_id, "032x") != trace_id
+    assert len({migrations[p].context.trace_id for p in plan_ids}) == 2  # a trace each
+    newest = await last_event(nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.careplan.migrated")
+    migrated = migrations[newest["subject"].removeprefix("CarePlan/")]
+    assert newest["traceparent"].split("-")[1:3] == [
+        format(migrated.context.trace_id, "032x"),
+        format(migrated.context.span_id, "016x"),
+    ]
+    completed = await event_caused_by(
+        nc, "CAREPLAN_EVENTS", f"careplan.evt.{tenant}.program.rollout_completed", command_id
+    )
+    (completion,) = [
+        s for s in spans.get_finished_spans() if s.name == "complete rollout" and linked_to_the_command(s)
+    ]
+    assert completed["traceparent"].split("-")[1] == format(completion.context.trace_id, "032x")
