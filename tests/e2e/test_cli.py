@@ -247,6 +247,16 @@ def assert_clean_exit(code: int, sig: signal.Signals, dev: DevProcess) -> None:
     assert code in (0, -sig, 128 + sig), f"exit code {code} after {sig.name}:\n{dev.stderr_tail()}"
 
 
+def nats_trouble(log: str) -> list[str]:
+    """The lines a NATS connection lost under the service writes ("... connection lost; reconnecting",
+    "unexpected EOF"): seen when its nats-server dies first, as on a Ctrl-C that reaches it."""
+    return [
+        line
+        for line in log.splitlines()
+        if (" WARNING " in line and "NATS" in line) or "reconnect" in line.lower() or "UnexpectedEOF" in line
+    ]
+
+
 def assert_no_servers_left(dev_dir: Path) -> None:
     left = wait_no_servers(dev_dir)
     assert not left, f"servers left running for {dev_dir}: {describe(left)}"
@@ -304,6 +314,8 @@ def test_dev_quickstart_keeps_data_across_restarts_and_stops_its_servers(workdir
     # When they start `careplan dev` with the default dev dir
     with careplan_dev(["--http-port", str(port)], cwd=workdir, env=env, log_path=workdir / "dev1.log") as dev:
         ready = dev.wait_ready()
+        # the banner comes once the port is bound: the first request, not retried, is answered
+        assert http_get(f"http://127.0.0.1:{port}/healthz", None)[0] == 200
 
         # Then it serves on the chosen port, keeps its state in ./.careplan-dev and says how to go on
         assert f"http://127.0.0.1:{port}" in ready
@@ -327,6 +339,12 @@ def test_dev_quickstart_keeps_data_across_restarts_and_stops_its_servers(workdir
         log = dev.stderr_tail(1_000_000)
         assert "Traceback" not in log
         assert " ERROR " not in log
+        # and it said what the first start was doing, without Alembic's own lines, and stopped without
+        # losing its NATS connections under the drain (no reconnect warnings)
+        assert "careplan dev: first start: creating the database" in log
+        assert "careplan dev: bringing the schema up to date (migrations)" in log
+        assert "[alembic" not in log and "Running upgrade" not in log
+        assert nats_trouble(log) == []
     assert_no_servers_left(dev_dir)
 
     # When it is started again on the same directory (setting flags may follow the command too)
@@ -338,6 +356,8 @@ def test_dev_quickstart_keeps_data_across_restarts_and_stops_its_servers(workdir
         flags_after_command=True,
     ) as dev:
         dev.wait_ready()
+        # (a database made before is not made again)
+        assert "first start" not in dev.stderr_tail(1_000_000)
 
         # Then the plan, the keys (the old token still verifies) and the CLI's view of the servers survive
         assert_plan_readable(port, plan_id, token)
@@ -347,6 +367,10 @@ def test_dev_quickstart_keeps_data_across_restarts_and_stops_its_servers(workdir
         # When the user presses Ctrl-C (SIGINT to the foreground process group)
         code = dev.stop(signal.SIGINT, group=True)
         assert_clean_exit(code, signal.SIGINT, dev)
+        # then its servers outlived the drain (the terminal's SIGINT is not theirs): no reconnect warnings
+        log = dev.stderr_tail(1_000_000)
+        assert nats_trouble(log) == []
+        assert "Traceback" not in log
     assert_no_servers_left(dev_dir)
 
 
