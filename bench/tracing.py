@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -104,10 +103,6 @@ def sdk_cost_per_span(count: int = 20_000) -> dict[str, float]:
     return {"record_us": round(recorded / count * 1e6, 1), "encode_us": round(encoded / count * 1e6, 1)}
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-
 async def run_tracing(servers: Servers, *, concurrency: int, total: int, workers: int) -> dict[str, Any]:
     database = await servers.fresh_database()
     run_id = uuid.uuid4().hex[:6]
@@ -127,15 +122,14 @@ async def run_tracing(servers: Servers, *, concurrency: int, total: int, workers
                     servers, database, name=f"tracing-{len(runs)}", extra_env=env
                 ) as serve:
                     await closed_loop("warm-up", creates.request(), concurrency=concurrency, total=warm_up)
-                    processes = [psutil.Process(p.pid) for p in serve.processes]
-                    before = _cpu_seconds(processes)
+                    before = serve.rss.cpu_seconds()
                     run = await closed_loop(
                         f"careplan.create, tracing {mode}",
                         creates.request(),
                         concurrency=concurrency,
                         total=total,
                     )
-                    cpu_ms[mode].append((_cpu_seconds(processes) - before) / total * 1000)
+                    cpu_ms[mode].append((serve.rss.cpu_seconds() - before) / total * 1000)
                 # The service has stopped: its processor flushed every span it had.
                 spans_per_command[mode].append((received.spans - spans_before) / (warm_up + total))
                 runs.append(run)
