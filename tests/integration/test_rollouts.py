@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
 
 import aiohttp
 import orjson
@@ -24,40 +23,17 @@ from tests.conftest import DatabaseUrls, TokenFactory
 from tests.integration.commands import Caller, RestCaller
 from tests.integration.fhir_client import fhir_get
 from tests.integration.helpers import count_rows
+from tests.integration.programs import STAFF, V1, V2, enrol, publish, until_completed
 from tests.integration.scrape import moved, scrape
 from tests.outbox_ledger import OUTBOX_LEDGER
 
-STAFF = ["clinician", "program-author"]
-V1: dict[str, Any] = {
-    "name": "type-2-diabetes",
-    "title": "Type 2 diabetes",
-    "goals": [{"key": "a1c", "description": {"text": "HbA1c below 7 %"}}],
-    "activities": [
-        {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"},
-        {"key": "foot-exam", "description": "Foot examination", "start_after": "P3M"},
-    ],
-}
-V2: dict[str, Any] = V1 | {
-    "activities": [
-        {"key": "a1c-lab", "description": "HbA1c test", "goal_keys": ["a1c"], "start_after": "P12W"},
-        {"key": "eye-exam", "description": "Retinal screening", "start_after": "P6M", "duration": "P8W"},
-    ]
-}
+# The granted advisory lock on one run (storage.rollout_store's key), as pg_locks shows it.
+HELD_RUN_LOCK = (
+    "FROM pg_locks WHERE locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = "
+    "hashtextextended('rollouts/' || :tenant || '/' || :id, 0)"
+)
 # Everything a rollout could write to: a dry run must leave each as it was.
 WRITTEN_TABLES = ("care_plans", "goals", "tasks", "resource_history", "provenance", "command_log", "rollouts")
-
-
-async def publish(caller: Caller, data: dict[str, Any]) -> str:
-    program_id: str = (await caller.ok("program.define", data))["id"]
-    await caller.ok("program.change_status", {"program_id": program_id, "status": "active"})
-    return program_id
-
-
-async def enrol(caller: Caller, patient_id: str) -> str:
-    plan_id: str = (
-        await caller.ok("careplan.enroll", {"patient_id": patient_id, "program": "type-2-diabetes"})
-    )["id"]
-    return plan_id
 
 
 async def keyed(engine: AsyncEngine, tenant: str, plan_id: str) -> dict[str, tuple[str, str, int]]:
@@ -79,29 +55,6 @@ async def keyed(engine: AsyncEngine, tenant: str, plan_id: str) -> dict[str, tup
 
 async def counts(engine: AsyncEngine, tenant: str) -> dict[str, int]:
     return {table: await count_rows(engine, table, tenant) for table in WRITTEN_TABLES}
-
-
-async def rollout_progress(nc: NatsClient, token: str, rollout_id: str) -> dict[str, Any]:
-    msg = await nc.request(
-        "careplan.query.rollout",
-        orjson.dumps({"rollout_id": rollout_id}),
-        timeout=5,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    answer: dict[str, Any] = orjson.loads(msg.data)
-    return answer
-
-
-async def until_completed(nc: NatsClient, token: str, rollout_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        answer = await rollout_progress(nc, token, rollout_id)
-        assert answer["ok"] is True, answer
-        if answer["result"]["status"] == "completed":
-            result: dict[str, Any] = answer["result"]
-            return result
-        assert asyncio.get_running_loop().time() < deadline, answer
-        await asyncio.sleep(0.1)
 
 
 async def event_subjects(engine: AsyncEngine, tenant: str) -> list[str]:
@@ -294,22 +247,14 @@ async def test_one_process_at_a_time_holds_a_rollout_and_its_death_frees_it(data
                 assert again is True
                 async with admin.connect() as conn:
                     killed = await conn.scalar(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                            "AND granted AND (classid::bigint << 32 | objid::bigint) = "
-                            "hashtextextended('rollouts/' || :tenant || '/' || :id, 0)"
-                        ),
+                        text(f"SELECT pg_terminate_backend(pid) {HELD_RUN_LOCK}"),
                         {"tenant": running.tenant_id, "id": str(running.rollout_id)},
                     )
                     assert killed is True
                     # pg_terminate_backend only signals: the backend lets go as it exits, a moment later
                     for _ in range(100):
                         if not await conn.scalar(
-                            text(
-                                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                "AND (classid::bigint << 32 | objid::bigint) = "
-                                "hashtextextended('rollouts/' || :tenant || '/' || :id, 0)"
-                            ),
+                            text(f"SELECT count(*) {HELD_RUN_LOCK}"),
                             {"tenant": running.tenant_id, "id": str(running.rollout_id)},
                         ):
                             break

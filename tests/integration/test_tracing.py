@@ -29,7 +29,7 @@ from service.runner import RunningService
 from tests.conftest import TokenFactory
 from tests.integration.commands import Caller
 from tests.integration.helpers import CARE_PLAN, event_caused_by, last_event
-from tests.integration.test_rollouts import STAFF, V1, V2, enrol, publish, until_completed
+from tests.integration.programs import STAFF, V1, V2, enrol, publish, until_completed
 
 _EXPORTER = InMemorySpanExporter()
 
